@@ -1,0 +1,65 @@
+"""dqf: choose instruction-tuning data. This module is the public API plugins may import."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import DataError, DqfError, PluginError, RecipeError
+from .hookspecs import hookimpl
+from .plugin import BASE_COLUMNS, Plugin, PluginOptions, Probe, Scorer, Selector, StepContext
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "Plugin",
+    "PluginOptions",
+    "Scorer",
+    "Selector",
+    "Probe",
+    "StepContext",
+    "BASE_COLUMNS",
+    "DqfError",
+    "DataError",
+    "PluginError",
+    "RecipeError",
+    "build_plugin_manager",
+    "load_recipe",
+    "run",
+    "validate",
+    "missing_dependency",
+]
+
+
+def build_plugin_manager(local_modules=(), **kwargs):
+    """Build a fresh :class:`dqf.plugins.PluginHost` (installed plugins plus ``local_modules``)."""
+    from .plugins import build_plugin_manager as _build
+
+    return _build(local_modules, **kwargs)
+
+
+def load_recipe(path, *, host=None, overrides=None):
+    """Validate the recipe at ``path``; returns ``(recipe, host)``. Raises :class:`RecipeError`."""
+    from .recipe import load_recipe as _load
+
+    factory = (lambda local: host) if host is not None else (lambda local: build_plugin_manager(local))
+    return _load(path, factory, overrides=overrides)
+
+
+def validate(path):
+    """Validate a recipe without running anything; returns the validated :class:`dqf.recipe.Recipe`."""
+    return load_recipe(path)[0]
+
+
+def run(path, **kwargs):
+    """Validate and run the recipe at ``path``; keyword arguments go to :class:`dqf.engine.Engine`."""
+    from .engine import run_recipe
+
+    recipe, host = load_recipe(path)
+    return run_recipe(recipe, host, **kwargs)
+
+
+def missing_dependency(module: str, extra: str | None = None, package: str | None = None) -> DqfError:
+    """The error a plugin raises when an optional heavy library is not installed."""
+    pkg = package or module
+    hint = f"pip install 'dqf[{extra}]'" if extra else f"pip install {pkg}"
+    return DqfError(f"this plugin needs the Python package {pkg!r}, which is not installed; install it with: {hint}")

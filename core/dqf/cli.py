@@ -1,0 +1,146 @@
+"""The `dqf` command line: argument parsing and printing only; the work lives in the engine."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import DqfError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="dqf")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """dqf: choose the instruction-tuning rows worth fine-tuning your model on."""
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Output directory (overrides output.dir).")
+@click.option("--limit", type=click.IntRange(min=1), help="Read only the first N input rows.")
+@click.option("--no-cache", is_flag=True, help="Recompute every score and store nothing.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Score cache directory (default: $DQF_CACHE_DIR or ~/.cache/dqf).")
+def run(recipe, out, limit, no_cache, cache_dir):
+    """Run RECIPE and write selected.*, rows.parquet and manifest.json."""
+    from . import load_recipe
+    from .engine import run_recipe
+    from .progress import RichReporter
+
+    rec, host = load_recipe(recipe)
+    result = run_recipe(rec, host, run_dir=out, limit=limit, use_cache=not no_cache, cache_dir=cache_dir,
+                        reporter=RichReporter(_console()))
+    click.echo(str(result.run_dir))
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+def validate(recipe):
+    """Check RECIPE completely without loading any model."""
+    from . import load_recipe
+
+    rec, _ = load_recipe(recipe)
+    flow = " -> ".join(f"{s.id} ({s.kind} {s.plugin.name})" for s in rec.steps)
+    click.echo(f"{recipe}: OK: {len(rec.steps)} steps: {flow}; output: {', '.join(rec.output_steps)}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print name, kind, options schema, distribution and module as JSON.")
+def plugins(as_json):
+    """List installed scorers, selectors and probes."""
+    from . import build_plugin_manager
+    from .plugins import describe_plugins
+
+    info = describe_plugins(build_plugin_manager())
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="dqf plugins")
+    for col in ("name", "kind", "options", "distribution", "module"):
+        table.add_column(col)
+    for p in info:
+        opts = ", ".join(p["options_schema"].get("properties", {}))
+        table.add_row(p["name"], p["kind"], opts, f"{p['distribution']} {p['distribution_version']}", p["module"])
+    Console().print(table)
+
+
+@cli.group()
+def cache():
+    """Inspect or clear the score cache."""
+
+
+@cache.command("clear")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache directory (default: $DQF_CACHE_DIR or ~/.cache/dqf).")
+def cache_clear(cache_dir):
+    """Delete every cached score."""
+    from .cache import ScoreCache
+
+    c = ScoreCache(cache_dir)
+    freed = c.clear()
+    click.echo(f"cleared {c.root} ({freed / 1e6:.1f} MB)")
+
+
+@cache.command("path")
+def cache_path():
+    """Print the default cache directory."""
+    from .cache import default_cache_dir
+
+    click.echo(str(default_cache_dir()))
+
+
+def _register_plugin_commands() -> None:
+    from . import build_plugin_manager
+
+    try:
+        host = build_plugin_manager()
+    except DqfError as exc:  # commands still work; the plugin problem is reported where it matters
+        _console().print(f"[yellow]dqf: warning:[/] {exc}", highlight=False)
+        return
+    host.hook.dqf_register_commands(cli=cli)
+
+
+def main(argv=None) -> None:
+    _register_plugin_commands()
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="dqf", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("dqf: aborted", err=True)
+        sys.exit(130)
+    except DqfError as exc:
+        if debug:
+            raise
+        for line in exc.lines or [str(exc)]:
+            click.echo(f"dqf: error: {line}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("dqf: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(f"dqf: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        sys.exit(2)

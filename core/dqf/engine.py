@@ -1,0 +1,319 @@
+"""Runs a validated recipe locally: reads input, runs steps in order, accounts for every row, writes outputs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .atomic import atomic_open, write_parquet
+from .cache import ScoreCache
+from .errors import DqfError
+from .plugin import BASE_COLUMNS, Probe, Scorer, Selector, StepContext
+from .progress import Reporter, Timer
+from .readers import display_path, read_input
+from .recipe import Recipe, Step
+from .writers import write_jsonl, write_selected
+
+KEPT = "kept"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    manifest: dict
+    rows: Any  # polars.DataFrame written to rows.parquet
+    selected: Any  # polars.DataFrame of the selected rows
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".dqf-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DqfError(f"output.dir: cannot write to {display_path(run_dir)}: {exc.strerror or exc}") from None
+
+
+def _status_column(n: int, positions, kept_positions, reason: str):
+    """A per-step column: null where the row never reached the step, 'kept' or the drop reason otherwise."""
+    import numpy as np
+    import polars as pl
+
+    codes = np.full(n, -1, dtype=np.int8)
+    codes[np.asarray(positions, dtype=np.int64)] = 0
+    codes[np.asarray(kept_positions, dtype=np.int64)] = 1
+    return (
+        pl.Series(codes)
+        .replace_strict({-1: None, 0: reason, 1: KEPT}, return_dtype=pl.String)
+    )
+
+
+class Engine:
+    """Local, in-process engine. One instance per run."""
+
+    def __init__(self, recipe: Recipe, host, *, run_dir: Path | None = None, limit: int | None = None,
+                 use_cache: bool = True, cache_dir: Path | None = None, reporter: Reporter | None = None):
+        self.recipe = recipe
+        self.host = host
+        self.run_dir = Path(run_dir) if run_dir is not None else recipe.output_dir
+        self.limit = limit
+        cfg = recipe.model.cache
+        root = cache_dir or (recipe.resolve(cfg.dir) if cfg.dir else None)
+        self.cache = ScoreCache(root, enabled=use_cache and cfg.enabled)
+        self.reporter = reporter or Reporter()
+
+    # -- public -----------------------------------------------------------------------
+    def run(self) -> RunResult:
+        import polars as pl
+
+        total = Timer()
+        started = _dt.datetime.now(_dt.timezone.utc)
+        _check_writable(self.run_dir)
+        self.host.hook.dqf_run_start(recipe=self.recipe, run_dir=self.run_dir)
+
+        inp = self.recipe.model.input
+        with self.reporter.task("read input", None) as advance:
+            t = Timer()
+            read = read_input(self.recipe.input_path, fmt=inp.format, fields=inp.fields, on_bad_row=inp.on_bad_row,
+                              limit=self.limit, progress=lambda n: advance(4096))
+            read_seconds = t.seconds
+        table = read.frame.with_row_index("_idx")
+        n = table.height
+        results: dict[str, Any] = {"input": table["_idx"]}
+        status: dict[str, pl.Series] = {}
+        step_reports = []
+
+        for step in self.recipe.steps:
+            t = Timer()
+            rows_in = results[step.source]
+            sub = table.filter(pl.col("_idx").is_in(rows_in.implode())) if step.source != "input" else table
+            cache_info: dict[str, int] | None = None
+            if isinstance(step.plugin, Scorer):
+                scored, cache_info = self._run_scorer(step, sub)
+                table = self._attach(table, scored)
+                sub = table.filter(pl.col("_idx").is_in(rows_in.implode())) if step.source != "input" else table
+            elif isinstance(step.plugin, Probe):
+                with self.reporter.task(f"{step.id} ({step.plugin.name})", None):
+                    out = step.plugin.run(sub, self._context(step, table, results))
+                scored = pl.concat([sub.select("_idx"), self._check_output(step, out, sub.height)], how="horizontal")
+                table = self._attach(table, scored)
+                sub = table.filter(pl.col("_idx").is_in(rows_in.implode())) if step.source != "input" else table
+
+            reason = None
+            kept = sub
+            if step.where is not None:
+                mask = sub.select(pl.sql_expr(step.where).fill_null(False).alias("m"))["m"]
+                kept = sub.filter(mask)
+                reason = f"where: {step.where}"
+            if isinstance(step.plugin, Selector):
+                dropped_where = sub.filter(~pl.col("_idx").is_in(kept["_idx"].implode()))
+                picked = self._run_selector(step, kept, table, results)
+                sel_reason = step.plugin.drop_reason()
+                kept_final = kept[picked]
+                status[step.id] = self._status(n, sub, kept_final, dropped_where, reason, sel_reason)
+                kept = kept_final
+            else:
+                status[step.id] = _status_column(n, sub["_idx"], kept["_idx"], reason or "")
+            results[step.id] = kept["_idx"].sort()
+            step_reports.append({
+                "id": step.id, "kind": step.kind, "plugin": step.plugin.name, "from": step.source,
+                "where": step.where, "rows_in": sub.height, "rows_out": kept.height,
+                "dropped": sub.height - kept.height, "seconds": round(t.seconds, 4),
+                **({"cache": cache_info} if cache_info is not None else {}),
+            })
+
+        final = pl.concat([results[s] for s in self.recipe.output_steps]).unique().sort()
+        rows = self._rows_frame(table, status, final)
+        selected = table.filter(pl.col("_idx").is_in(final.implode()))
+        manifest = self._write_outputs(rows, selected, read, step_reports, started, total, read_seconds)
+        self.host.hook.dqf_run_end(recipe=self.recipe, run_dir=self.run_dir, manifest=manifest)
+        self.reporter.summary(manifest)
+        return RunResult(self.run_dir, manifest, rows, selected)
+
+    # -- steps --------------------------------------------------------------------------
+    def _context(self, step: Step, table, results) -> StepContext:
+        import polars as pl
+
+        def step_rows(step_id: str):
+            if step_id not in results:
+                raise DqfError(f"step {step.id!r} asked for rows of {step_id!r}, which has not run")
+            return table.filter(pl.col("_idx").is_in(results[step_id].implode())).drop("_raw")
+
+        return StepContext(step_id=step.id, seed=self.recipe.seed, run_dir=self.run_dir,
+                           cache_dir=self.cache.root, _step_rows=step_rows)
+
+    def _check_output(self, step: Step, out, height: int):
+        import polars as pl
+
+        what = f"{step.kind} plugin {step.plugin.name!r} (step {step.id!r})"
+        if not isinstance(out, pl.DataFrame):
+            raise DqfError(f"{what} returned {type(out).__name__}, expected a polars DataFrame")
+        if out.height != height:
+            raise DqfError(f"{what} returned {out.height} rows for a batch of {height}")
+        missing = [c for c in step.columns if c not in out.columns]
+        if missing:
+            raise DqfError(f"{what} did not return declared column(s) {', '.join(missing)}")
+        try:
+            return out.select([pl.col(c).cast(dt) for c, dt in step.columns.items()])
+        except Exception as exc:
+            raise DqfError(f"{what} returned a column that does not match its declared dtype: {exc}") from None
+
+    def _scorer_view(self, step: Step, frame):
+        cols = ["id", *[c for c in BASE_COLUMNS if c != "id"], *sorted(step.plugin.requires())]
+        return frame.select(cols)
+
+    def _run_scorer(self, step: Step, sub):
+        import polars as pl
+
+        scorer: Scorer = step.plugin
+        cols = list(step.columns)
+        entry = self.cache.entry(scorer)
+        cached = entry.load(cols)
+        if cached is not None:
+            hits = sub.select("_idx", "id").join(cached, on="id", how="inner")
+            todo = sub.filter(~pl.col("id").is_in(cached["id"].implode()))
+        else:
+            hits = None
+            todo = sub
+        pieces = [hits.drop("id")] if hits is not None and hits.height else []
+        if todo.height:
+            scorer.setup()
+            bs = step.batch_size or scorer.batch_size
+            with self.reporter.task(f"{step.id} ({scorer.name})", todo.height) as advance:
+                for batch in todo.iter_slices(bs):
+                    out = self._check_output(step, scorer.score(self._scorer_view(step, batch)), batch.height)
+                    entry.write(pl.concat([batch.select("id"), out], how="horizontal"))
+                    pieces.append(pl.concat([batch.select("_idx"), out], how="horizontal"))
+                    advance(batch.height)
+        elif hits is not None:
+            self.reporter.info(f"{step.id} ({scorer.name}): all {hits.height:,} rows from cache")
+        scored = pl.concat(pieces, how="vertical_relaxed") if pieces else None
+        return scored, {"hits": 0 if hits is None else hits.height, "computed": todo.height}
+
+    @staticmethod
+    def _attach(table, scored):
+        import polars as pl
+
+        if scored is None:
+            return table
+        return table.join(scored, on="_idx", how="left").sort("_idx")
+
+    def _run_selector(self, step: Step, rows, table, results):
+        import numpy as np
+        import polars as pl
+
+        ctx = self._context(step, table, results)
+        picked = step.plugin.select(rows.drop("_raw"), ctx)
+        if isinstance(picked, pl.Series) and picked.dtype == pl.Boolean:
+            if picked.len() != rows.height:
+                raise DqfError(f"selector {step.plugin.name!r} returned a mask of {picked.len()} for {rows.height} rows")
+            return np.flatnonzero(picked.fill_null(False).to_numpy())
+        pos = np.asarray(list(picked) if not isinstance(picked, (pl.Series, np.ndarray)) else picked, dtype=np.int64)
+        if pos.size and (pos.min() < 0 or pos.max() >= rows.height):
+            raise DqfError(f"selector {step.plugin.name!r} returned a position outside 0..{rows.height - 1}")
+        return np.unique(pos)
+
+    @staticmethod
+    def _status(n, sub, kept, dropped_where, where_reason, sel_reason):
+        import polars as pl
+
+        col = _status_column(n, sub["_idx"], kept["_idx"], sel_reason)
+        if dropped_where.height:
+            col = col.scatter(dropped_where["_idx"], where_reason)
+        return col.cast(pl.String)
+
+    # -- outputs -------------------------------------------------------------------------
+    def _rows_frame(self, table, status, final):
+        import polars as pl
+
+        score_cols = [c for s in self.recipe.steps_in_file_order for c in s.columns]
+        frame = table.select("_idx", "id", pl.col("_source").alias("source"), "copies", *score_cols)
+        frame = frame.with_columns(
+            [status[s.id].alias(f"step_{s.id}") for s in self.recipe.steps_in_file_order]
+        )
+        selected = pl.col("_idx").is_in(final.implode())
+        # The reason a row is not in the output: the first drop on the path to the first output step.
+        chain = self.recipe.chain(self.recipe.output_steps[0]) if self.recipe.output_steps[0] != "input" else []
+        dropped_by = pl.lit(None, dtype=pl.String)
+        reason = pl.lit(None, dtype=pl.String)
+        for s in reversed(chain):
+            c = pl.col(f"step_{s.id}")
+            is_drop = c.is_not_null() & (c != KEPT)
+            dropped_by = pl.when(is_drop).then(pl.lit(s.id)).otherwise(dropped_by)
+            reason = pl.when(is_drop).then(c).otherwise(reason)
+        frame = frame.with_columns(
+            selected.alias("selected"),
+            pl.when(selected).then(None).otherwise(dropped_by).alias("dropped_by"),
+            pl.when(selected).then(None).otherwise(reason).alias("reason"),
+        )
+        return frame.drop("_idx")
+
+    def _write_outputs(self, rows, selected, read, step_reports, started, total, read_seconds) -> dict:
+        out = self.recipe.model.output
+        write_parquet(rows, self.run_dir / "rows.parquet")
+        sel_path = write_selected(selected, self.run_dir, out.format)
+        qpath = self.run_dir / "quarantine.jsonl"
+        if read.quarantined:
+            write_jsonl(read.quarantined, qpath)
+        elif qpath.exists():
+            qpath.unlink()  # a stale file from an earlier run would misstate this one
+        manifest = {
+            "name": self.recipe.name,
+            "dqf_version": __version__,
+            "recipe_path": str(self.recipe.path),
+            "recipe": self.recipe.model.model_dump(mode="json", by_alias=True),
+            "seed": self.recipe.seed,
+            "started_at": started.isoformat(timespec="seconds"),
+            "wall_seconds": None,
+            "input": {
+                "path": display_path(self.recipe.input_path),
+                "files": read.files,
+                "limit": self.limit,
+                "read_seconds": round(read_seconds, 4),
+            },
+            "counts": {
+                "rows_read": read.rows_read,
+                "quarantined": len(read.quarantined),
+                "duplicates": read.duplicates,
+                "unique_rows": rows.height,
+                "selected": selected.height,
+            },
+            "plugins": [self._plugin_record(s) for s in self.recipe.steps_in_file_order],
+            "steps": sorted(step_reports, key=lambda r: self.recipe.step(r["id"]).index),
+            "output": {
+                "dir": display_path(self.run_dir),
+                "format": out.format,
+                "select": self.recipe.output_steps,
+                "selected_file": display_path(sel_path),
+                "rows_file": display_path(self.run_dir / "rows.parquet"),
+                "quarantine_file": display_path(qpath) if read.quarantined else None,
+            },
+            "cache": {"dir": str(self.cache.root), "enabled": self.cache.enabled},
+        }
+        manifest["wall_seconds"] = round(total.seconds, 4)
+        with atomic_open(self.run_dir / "manifest.json") as fh:
+            json.dump(manifest, fh, indent=2, ensure_ascii=False, default=str)
+            fh.write("\n")
+        return manifest
+
+    def _plugin_record(self, step: Step) -> dict:
+        info = self.host.get({"score": "scorer", "select": "selector", "probe": "probe"}[step.kind], step.plugin.name)
+        return {
+            "step": step.id,
+            **step.plugin.describe(),
+            "distribution": info.provider.distribution,
+            "distribution_version": info.provider.version,
+            "module": info.provider.module,
+        }
+
+
+def run_recipe(recipe: Recipe, host, **kwargs) -> RunResult:
+    """Run ``recipe`` with plugins from ``host``; see :class:`Engine` for keyword arguments."""
+    return Engine(recipe, host, **kwargs).run()

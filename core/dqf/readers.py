@@ -1,0 +1,182 @@
+"""Reads an input file or folder of shards into canonical rows, accounting for every bad row."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .errors import DataError
+from .rows import BadRow, canonicalize
+
+SUFFIXES = (".jsonl", ".json", ".parquet")
+_WS = re.compile(r"\s*")
+
+
+@dataclass
+class ReadResult:
+    frame: Any  # polars.DataFrame: id, instruction, input, output, n_turns, copies, _source, _raw
+    quarantined: list[dict] = field(default_factory=list)
+    rows_read: int = 0
+    duplicates: int = 0
+    files: list[dict] = field(default_factory=list)
+
+
+def display_path(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def input_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise DataError(f"input.path: no such file or folder: {display_path(path)}")
+    if path.is_file():
+        if not path.name.endswith(SUFFIXES):
+            raise DataError(f"input.path: {display_path(path)}: unsupported file type (use {', '.join(SUFFIXES)})")
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+    if not files:
+        raise DataError(f"input.path: folder {display_path(path)} holds no {', '.join(SUFFIXES)} files")
+    return files
+
+
+def _iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any, str]]:
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line), line
+        except json.JSONDecodeError as exc:
+            yield lineno, BadRow(f"invalid JSON ({exc.msg} at column {exc.colno})"), line
+
+
+def _iter_json_array(path: Path, text: str) -> Iterator[tuple[int, Any, str]]:
+    """Yield each element of a top-level JSON array with the line it starts on."""
+    decoder = json.JSONDecoder()
+    i = _WS.match(text, 0).end()
+    i = _WS.match(text, i + 1).end()  # past "["
+    line, pos = 1, 0
+    if text.startswith("]", i):
+        return
+    while True:
+        line += text.count("\n", pos, i)
+        pos = i
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            # Inside an array there is no way to resynchronise, so this always stops the run.
+            raise DataError(f"{display_path(path)}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        yield line, obj, text[i:end]
+        i = _WS.match(text, end).end()
+        if text.startswith(",", i):
+            i = _WS.match(text, i + 1).end()
+            continue
+        if text.startswith("]", i):
+            return
+        lineno = text.count("\n", 0, i) + 1
+        raise DataError(f"{display_path(path)}:{lineno}: invalid JSON: expected ',' or ']' after array element")
+
+
+def _iter_records(path: Path) -> tuple[Iterator[tuple[int | str, Any, str]], str]:
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        raw = path.read_bytes()
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise DataError(f"{display_path(path)}: unreadable parquet: {exc}") from None
+
+        def gen():
+            for i, rec in enumerate(table.to_pylist(), 1):
+                yield f"row {i}", rec, None
+
+        return gen(), hashlib.sha256(raw).hexdigest()
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        lineno = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{display_path(path)}:{lineno}: not valid UTF-8 ({exc.reason})") from None
+    first = _WS.match(text, 0).end()
+    if path.name.endswith(".json") and text.startswith("[", first):
+        return _iter_json_array(path, text), digest
+    return _iter_jsonl(path, text), digest
+
+
+def read_input(
+    path: Path,
+    *,
+    fmt: str = "auto",
+    fields: Mapping[str, str] | None = None,
+    on_bad_row: str = "error",
+    limit: int | None = None,
+    progress=None,
+):
+    """Read ``path`` into a :class:`ReadResult`.
+
+    A bad row stops the read with ``file:line: field 'x': reason`` unless ``on_bad_row`` is
+    ``"quarantine"``, in which case it is kept (with its reason) for ``quarantine.jsonl``.
+    Identical rows share one id: they are kept once and counted in ``copies``.
+    """
+    import polars as pl
+
+    result = ReadResult(frame=None)
+    ids: list[str] = []
+    cols: dict[str, list] = {k: [] for k in ("instruction", "input", "output", "n_turns", "copies", "_source", "_raw")}
+    index: dict[str, int] = {}
+    for fpath in input_files(Path(path)):
+        records, digest = _iter_records(fpath)
+        n_file = 0
+        for line, rec, text in records:
+            if limit is not None and result.rows_read >= limit:
+                break
+            result.rows_read += 1
+            n_file += 1
+            source = f"{display_path(fpath)}:{line}" if isinstance(line, int) else f"{display_path(fpath)} {line}"
+            try:
+                if isinstance(rec, BadRow):
+                    raise rec
+                canon = canonicalize(rec, fmt, fields)
+            except BadRow as bad:
+                if on_bad_row != "quarantine":
+                    raise DataError(f"{source}: {bad}") from None
+                result.quarantined.append({"source": source, "reason": str(bad), "raw": text if text is not None else rec})
+                continue
+            pos = index.get(canon.id)
+            if pos is not None:
+                cols["copies"][pos] += 1
+                result.duplicates += 1
+                continue
+            index[canon.id] = len(ids)
+            ids.append(canon.id)
+            cols["instruction"].append(canon.instruction)
+            cols["input"].append(canon.input)
+            cols["output"].append(canon.output)
+            cols["n_turns"].append(canon.n_turns)
+            cols["copies"].append(1)
+            cols["_source"].append(source)
+            cols["_raw"].append(json.dumps(rec, ensure_ascii=False))
+            if progress is not None and result.rows_read % 4096 == 0:
+                progress(result.rows_read)
+        result.files.append({"path": display_path(fpath), "sha256": digest, "rows": n_file})
+        if limit is not None and result.rows_read >= limit:
+            break
+    if result.rows_read == 0:
+        raise DataError(f"input.path: {display_path(Path(path))} has no rows")
+    if not ids:
+        raise DataError(
+            f"input.path: none of the {result.rows_read} rows in {display_path(Path(path))} is valid "
+            f"(all quarantined; first: {result.quarantined[0]['source']}: {result.quarantined[0]['reason']})"
+        )
+    schema = {"id": pl.String, "instruction": pl.String, "input": pl.String, "output": pl.String,
+              "n_turns": pl.Int32, "copies": pl.Int32, "_source": pl.String, "_raw": pl.String}
+    result.frame = pl.DataFrame({"id": ids, **cols}, schema=schema)
+    return result

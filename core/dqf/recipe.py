@@ -1,0 +1,354 @@
+"""Loads a TOML recipe and validates all of it (keys, plugins, options, references, columns) before anything runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from .errors import PluginError, RecipeError
+from .plugin import BASE_COLUMNS, Plugin, Probe, Scorer, Selector
+
+STEP_KINDS = ("score", "select", "probe")
+_KIND_OF = {"score": "scorer", "select": "selector", "probe": "probe"}
+_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class InputConfig(_Strict):
+    path: str
+    format: Literal["auto", "alpaca", "sharegpt", "messages"] = "auto"
+    fields: dict[Literal["instruction", "input", "output", "conversations", "messages"], str] = {}
+    on_bad_row: Literal["error", "quarantine"] = "error"
+
+
+class OutputConfig(_Strict):
+    dir: str
+    select: Optional[list[str]] = None
+    format: Literal["jsonl", "json", "parquet", "sharegpt"] = "jsonl"
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+class CacheConfig(_Strict):
+    dir: Optional[str] = None
+    enabled: bool = True
+
+
+class StepConfig(_Strict):
+    id: str
+    from_: Optional[str] = Field(default=None, alias="from")
+    score: Optional[dict[str, Any]] = None
+    select: Optional[dict[str, Any]] = None
+    probe: Optional[dict[str, Any]] = None
+    where: Optional[str] = None
+    batch_size: Optional[PositiveInt] = None
+
+
+class RecipeModel(_Strict):
+    name: str
+    seed: int = 0
+    plugins: list[str] = []
+    input: InputConfig
+    output: OutputConfig
+    cache: CacheConfig = CacheConfig()
+    steps: list[StepConfig] = Field(min_length=1)
+
+
+@dataclass
+class Step:
+    """One validated step: its config, the plugin instance it runs, and where its rows come from."""
+
+    index: int
+    id: str
+    kind: str  # "score" | "select" | "probe"
+    source: str  # a step id or "input"
+    plugin: Plugin
+    where: Optional[str]
+    batch_size: Optional[int]
+    columns: dict[str, Any] = field(default_factory=dict)  # columns this step adds
+
+    @property
+    def key(self) -> str:
+        return f"steps[{self.index}]"
+
+
+@dataclass
+class Recipe:
+    """A recipe that passed validation: steps in execution order, paths resolved."""
+
+    path: Path
+    model: RecipeModel
+    steps: list[Step]  # topological order
+    raw: dict
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def seed(self) -> int:
+        return self.model.seed
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, p: str | Path) -> Path:
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else Path(os.path.normpath(self.base_dir / p))
+
+    @property
+    def input_path(self) -> Path:
+        return self.resolve(self.model.input.path)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve(self.model.output.dir)
+
+    @property
+    def output_steps(self) -> list[str]:
+        return self.model.output.select or [self.steps_in_file_order[-1].id]
+
+    @property
+    def steps_in_file_order(self) -> list[Step]:
+        return sorted(self.steps, key=lambda s: s.index)
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.steps if s.id == step_id)
+
+    def chain(self, step_id: str) -> list[Step]:
+        """The steps a row passes through to reach ``step_id`` (following ``from``), input first."""
+        out = []
+        cur = step_id
+        while cur != "input":
+            s = self.step(cur)
+            out.append(s)
+            cur = s.source
+        return out[::-1]
+
+
+def loc_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _pydantic_lines(exc: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = loc_path(tuple(err["loc"]))
+        key = f"{prefix}.{loc}" if prefix and loc != "(top level)" else (prefix or loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{key}: {msg}")
+    return lines
+
+
+def read_toml(path: Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: TOML syntax error: {exc}") from None
+
+
+def where_columns(expr: str) -> set[str]:
+    """Parse a ``where`` SQL predicate (never ``eval``) and return the columns it reads."""
+    import polars as pl
+
+    parsed = pl.sql_expr(expr)
+    return set(parsed.meta.root_names())
+
+
+def load_recipe(path: str | Path, host_factory, *, overrides: dict | None = None) -> tuple[Recipe, Any]:
+    """Read and validate a recipe. ``host_factory(local_modules)`` builds the plugin host.
+
+    Returns ``(recipe, host)``. Raises :class:`RecipeError` listing every problem found,
+    each as ``file: key.path: message``.
+    """
+    path = Path(path)
+    raw = read_toml(path)
+    if overrides:
+        raw = _merge(raw, overrides)
+    label = str(path)
+    try:
+        model = RecipeModel.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(*[f"{label}: {line}" for line in _pydantic_lines(exc)]) from None
+
+    errors: list[str] = []
+    local = [(path.parent / p) for p in model.plugins]
+    for i, p in enumerate(local):
+        if not p.is_file():
+            errors.append(f"plugins[{i}]: local plugin module not found: {model.plugins[i]}")
+    if errors:
+        raise RecipeError(*[f"{label}: {e}" for e in errors])
+    try:
+        host = host_factory(local)
+    except PluginError as exc:
+        raise RecipeError(*[f"{label}: plugins: {line}" for line in exc.lines]) from None
+
+    steps: list[Step] = []
+    seen: dict[str, int] = {}
+    for i, sc in enumerate(model.steps):
+        key = f"steps[{i}]"
+        if not _ID.match(sc.id):
+            errors.append(f"{key}.id: {sc.id!r} is not a valid step id (letters, digits, '_' and '-')")
+        if sc.id == "input":
+            errors.append(f"{key}.id: 'input' is reserved for the recipe's input")
+        if sc.id in seen:
+            errors.append(f"{key}.id: duplicate step id {sc.id!r} (also steps[{seen[sc.id]}])")
+        seen.setdefault(sc.id, i)
+        given = [k for k in STEP_KINDS if getattr(sc, k) is not None]
+        if len(given) != 1:
+            what = "none" if not given else " and ".join(given)
+            errors.append(f"{key}: exactly one of score / select / probe is required (got {what})")
+            continue
+        kind = given[0]
+        spec = dict(getattr(sc, kind))
+        pname = spec.pop("plugin", None)
+        if not isinstance(pname, str):
+            errors.append(f"{key}.{kind}.plugin: required key is missing" if pname is None
+                          else f"{key}.{kind}.plugin: expected a plugin name")
+            continue
+        try:
+            info = host.get(_KIND_OF[kind], pname)
+        except PluginError as exc:
+            errors.append(f"{key}.{kind}.plugin: {exc}")
+            continue
+        try:
+            options = info.cls.Options.model_validate(spec)
+        except ValidationError as exc:
+            errors.extend(_pydantic_lines(exc, prefix=f"{key}.{kind}"))
+            continue
+        try:
+            plugin = info.cls(options)
+        except Exception as exc:  # a plugin rejecting a combination of options
+            errors.append(f"{key}.{kind}: {exc}")
+            continue
+        source = sc.from_ if sc.from_ is not None else (model.steps[i - 1].id if i > 0 else "input")
+        cols = dict(plugin.columns()) if isinstance(plugin, (Scorer, Probe)) else {}
+        steps.append(Step(i, sc.id, kind, source, plugin, sc.where, sc.batch_size, cols))
+
+    ids = {s.id for s in steps} | set(seen)
+    for s in steps:
+        if s.source != "input" and s.source not in ids:
+            errors.append(f"{s.key}.from: no step with id {s.source!r} ({_known(ids)})")
+        for dep in s.plugin.depends_on():
+            if dep != "input" and dep not in ids:
+                errors.append(f"{s.key}.{s.kind}: refers to step {dep!r}, which does not exist ({_known(ids)})")
+    for j, sel in enumerate(model.output.select or []):
+        if sel not in ids and sel != "input":
+            errors.append(f"output.select[{j}]: no step with id {sel!r} ({_known(ids)})")
+    if errors:
+        raise RecipeError(*[f"{label}: {e}" for e in errors])
+
+    ordered, cycle = _toposort(steps)
+    if cycle:
+        raise RecipeError(f"{label}: steps form a cycle: {' -> '.join(cycle)}")
+    recipe = Recipe(path=path, model=model, steps=ordered, raw=raw)
+    errors.extend(_check_columns(recipe))
+    if errors:
+        raise RecipeError(*[f"{label}: {e}" for e in errors])
+    return recipe, host
+
+
+def _known(ids) -> str:
+    return "steps: " + ", ".join(sorted(ids)) if ids else "no steps"
+
+
+def _deps(s: Step) -> list[str]:
+    return [d for d in [s.source, *s.plugin.depends_on()] if d != "input"]
+
+
+def _toposort(steps: list[Step]) -> tuple[list[Step], list[str] | None]:
+    by_id = {s.id: s for s in steps}
+    state: dict[str, int] = {}
+    order: list[Step] = []
+
+    def visit(s: Step, stack: list[str]) -> list[str] | None:
+        if state.get(s.id) == 2:
+            return None
+        if state.get(s.id) == 1:
+            return stack[stack.index(s.id):] + [s.id]
+        state[s.id] = 1
+        for d in _deps(s):
+            cyc = visit(by_id[d], stack + [s.id])
+            if cyc:
+                return cyc
+        state[s.id] = 2
+        order.append(s)
+        return None
+
+    for s in sorted(steps, key=lambda s: s.index):
+        cyc = visit(s, [])
+        if cyc:
+            return [], cyc
+    return order, None
+
+
+def _check_columns(recipe: Recipe) -> list[str]:
+    errors = []
+    producers: dict[str, str] = {}
+    for s in recipe.steps_in_file_order:
+        for c in s.columns:
+            if c in BASE_COLUMNS:
+                errors.append(f"{s.key}.{s.kind}: column {c!r} would overwrite a base column")
+            elif c in producers:
+                errors.append(f"{s.key}.{s.kind}: column {c!r} is also produced by step {producers[c]!r}")
+            else:
+                producers[c] = s.id
+    for s in recipe.steps:
+        available = set(BASE_COLUMNS)
+        for prev in recipe.chain(s.id)[:-1]:
+            available |= set(prev.columns)
+        if s.where is not None:
+            try:
+                needed = where_columns(s.where)
+            except Exception as exc:
+                errors.append(f"{s.key}.where: cannot parse SQL expression {s.where!r}: {exc}")
+                needed = set()
+            own = available | set(s.columns) if s.kind != "select" else available
+            for c in sorted(needed - own):
+                errors.append(f"{s.key}.where: column {c!r} is not produced by this step or an earlier step on its path "
+                              f"({_avail(own)})")
+        for c in sorted(set(s.plugin.requires()) - available):
+            errors.append(f"{s.key}.{s.kind}: needs column {c!r}, which no earlier step on its path produces "
+                          f"({_avail(available)})")
+    return errors
+
+
+def _avail(cols: set[str]) -> str:
+    return "available: " + ", ".join(sorted(cols))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,128 @@
+"""The canonical view of a row (instruction, input, output) and its stable content-hash id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+FORMATS = ("auto", "alpaca", "sharegpt", "messages")
+
+_ROLE = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
+    "bing": "assistant", "model": "assistant", "function_call": "assistant",
+    "system": "system",
+    "observation": "tool", "tool": "tool", "function": "tool", "ipython": "tool",
+}
+
+
+class BadRow(Exception):
+    """A row that cannot be read; ``field`` names the offending field when there is one."""
+
+    def __init__(self, reason: str, field: str | None = None):
+        self.reason = reason
+        self.field = field
+        super().__init__(f"field {field!r}: {reason}" if field else reason)
+
+
+@dataclass(frozen=True)
+class Canonical:
+    id: str
+    instruction: str
+    input: str
+    output: str
+    n_turns: int
+    kind: str  # "alpaca" | "chat"
+
+
+def row_id(content: Any) -> str:
+    """Stable id of a row: the same content gives the same id in every run and every file."""
+    blob = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(blob.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _typename(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _text(record: Mapping, key: str, *, required: bool) -> str:
+    if key not in record or record[key] is None:
+        if required:
+            raise BadRow("missing", key)
+        return ""
+    v = record[key]
+    if not isinstance(v, str):
+        raise BadRow(f"expected a string, got {_typename(v)}", key)
+    return v
+
+
+def _content_text(v: Any, field: str) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list):  # OpenAI content parts: keep the text parts
+        parts = [p.get("text", "") for p in v if isinstance(p, dict) and p.get("type", "text") == "text"]
+        return "".join(parts)
+    raise BadRow(f"expected a string, got {_typename(v)}", field)
+
+
+def _turns(record: Mapping, key: str, role_key: str, text_key: str) -> list[tuple[str, str]]:
+    turns = record.get(key)
+    if not isinstance(turns, list):
+        raise BadRow("missing" if turns is None else f"expected a list of turns, got {_typename(turns)}", key)
+    out = []
+    for i, t in enumerate(turns):
+        where = f"{key}[{i}]"
+        if not isinstance(t, Mapping):
+            raise BadRow(f"expected an object, got {_typename(t)}", where)
+        role = t.get(role_key)
+        if not isinstance(role, str):
+            raise BadRow("missing" if role is None else f"expected a string, got {_typename(role)}", f"{where}.{role_key}")
+        canon = _ROLE.get(role.lower())
+        if canon is None:
+            raise BadRow(f"unknown role {role!r} (expected one of {', '.join(sorted(_ROLE))})", f"{where}.{role_key}")
+        if text_key not in t or t[text_key] is None:
+            raise BadRow("missing", f"{where}.{text_key}")
+        out.append((canon, _content_text(t[text_key], f"{where}.{text_key}")))
+    return out
+
+
+def canonicalize(record: Any, fmt: str = "auto", fields: Mapping[str, str] | None = None) -> Canonical:
+    """Map one input record to its canonical view, raising :class:`BadRow` if it does not fit ``fmt``.
+
+    Multi-turn rows keep every turn in the original record; the canonical view is the first
+    user turn (instruction) and the assistant reply that follows it (output).
+    """
+    if not isinstance(record, Mapping):
+        raise BadRow(f"expected a JSON object, got {_typename(record)}")
+    f = {"instruction": "instruction", "input": "input", "output": "output",
+         "conversations": "conversations", "messages": "messages", **(fields or {})}
+    if fmt == "auto":
+        if f["conversations"] in record:
+            fmt = "sharegpt"
+        elif f["messages"] in record:
+            fmt = "messages"
+        else:
+            fmt = "alpaca"
+    if fmt == "alpaca":
+        instruction = _text(record, f["instruction"], required=True)
+        inp = _text(record, f["input"], required=False)
+        output = _text(record, f["output"], required=True)
+        return Canonical(row_id([instruction, inp, output]), instruction, inp, output, 1, "alpaca")
+    if fmt == "sharegpt":
+        turns = _turns(record, f["conversations"], "from", "value")
+        key = f["conversations"]
+    elif fmt == "messages":
+        turns = _turns(record, f["messages"], "role", "content")
+        key = f["messages"]
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    first_user = next((i for i, (r, _) in enumerate(turns) if r == "user"), None)
+    if first_user is None:
+        raise BadRow("no user turn", key)
+    reply = next((t for r, t in turns[first_user + 1:] if r == "assistant"), None)
+    if reply is None:
+        raise BadRow("no assistant reply after the first user turn", key)
+    n_user = sum(1 for r, _ in turns if r == "user")
+    return Canonical(row_id([list(t) for t in turns]), turns[first_user][1], "", reply, n_user, "chat")

@@ -1,0 +1,14 @@
+"""Built-in dqf plugins, registered through the `dqf` entry point like any third-party package."""
+
+from dqf import hookimpl
+
+
+@hookimpl
+def dqf_register_selectors(register):
+    from .random import RandomSelector
+    from .threshold import ThresholdSelector
+    from .top_k import TopKSelector
+
+    register(ThresholdSelector)
+    register(TopKSelector)
+    register(RandomSelector)
