@@ -15,6 +15,7 @@ from .rows import BadRow, canonicalize
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 _WS = re.compile(r"\s*")
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 @dataclass
@@ -46,9 +47,22 @@ def input_files(path: Path) -> list[Path]:
     return files
 
 
-def _iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any, str]]:
+def _bad_utf8(text: str) -> tuple[BadRow, str] | None:
+    """For text decoded with ``surrogateescape``: the bad row and a printable copy, if it held undecodable bytes."""
+    m = _UNDECODABLE.search(text)
+    if m is None:
+        return None
+    fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return BadRow(f"not valid UTF-8 (byte 0x{ord(m.group()) - 0xDC00:02x} at column {m.start() + 1})"), fixed
+
+
+def _iter_jsonl(path: Path, text: str, lossy: bool = False) -> Iterator[tuple[int, Any, str]]:
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
+            continue
+        bad = _bad_utf8(line) if lossy else None
+        if bad is not None:
+            yield lineno, bad[0], bad[1]
             continue
         try:
             yield lineno, json.loads(line), line
@@ -56,7 +70,7 @@ def _iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any, str]]:
             yield lineno, BadRow(f"invalid JSON ({exc.msg} at column {exc.colno})"), line
 
 
-def _iter_json_array(path: Path, text: str) -> Iterator[tuple[int, Any, str]]:
+def _iter_json_array(path: Path, text: str, lossy: bool = False) -> Iterator[tuple[int, Any, str]]:
     """Yield each element of a top-level JSON array with the line it starts on."""
     decoder = json.JSONDecoder()
     i = _WS.match(text, 0).end()
@@ -72,7 +86,8 @@ def _iter_json_array(path: Path, text: str) -> Iterator[tuple[int, Any, str]]:
         except json.JSONDecodeError as exc:
             # Inside an array there is no way to resynchronise, so this always stops the run.
             raise DataError(f"{display_path(path)}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-        yield line, obj, text[i:end]
+        bad = _bad_utf8(text[i:end]) if lossy else None
+        yield (line, bad[0], bad[1]) if bad is not None else (line, obj, text[i:end])
         i = _WS.match(text, end).end()
         if text.startswith(",", i):
             i = _WS.match(text, i + 1).end()
@@ -101,14 +116,14 @@ def _iter_records(path: Path) -> tuple[Iterator[tuple[int | str, Any, str]], str
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        lineno = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{display_path(path)}:{lineno}: not valid UTF-8 ({exc.reason})") from None
+        text, lossy = raw.decode("utf-8-sig"), False
+    except UnicodeDecodeError:
+        # Keep the undecodable bytes as lone surrogates; each record holding one becomes a bad row.
+        text, lossy = raw.decode("utf-8-sig", "surrogateescape"), True
     first = _WS.match(text, 0).end()
     if path.name.endswith(".json") and text.startswith("[", first):
-        return _iter_json_array(path, text), digest
-    return _iter_jsonl(path, text), digest
+        return _iter_json_array(path, text, lossy), digest
+    return _iter_jsonl(path, text, lossy), digest
 
 
 def read_input(

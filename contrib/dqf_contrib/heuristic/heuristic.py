@@ -48,7 +48,7 @@ class HeuristicScorer(Scorer):
     name = "heuristic"
     version = "1"
     Options = HeuristicOptions
-    batch_size = 65536
+    batch_size = 8192
 
     def columns(self):
         import polars as pl
@@ -76,7 +76,7 @@ class HeuristicScorer(Scorer):
         prompt = pl.concat_str([instruction, pl.col("input")], separator="\n")
         words = output.str.to_lowercase().str.extract_all(r"\w+(?:'\w+)?")
         trigram = pl.concat_str([pl.element(), pl.element().shift(-1), pl.element().shift(-2)], separator=" ")
-        n_words = words.list.len()
+        n_words = words.list.len().cast(pl.Int64)  # u32 would wrap below zero in n_words - 2
         n_tri = (n_words - 2).clip(lower_bound=0)
         instr_norm = instruction.str.strip_chars().str.to_lowercase()
         text = pl.concat_str([prompt, output])
