@@ -13,7 +13,7 @@ from typing import Any
 from . import __version__
 from .atomic import atomic_open, write_parquet
 from .cache import ScoreCache
-from .errors import DqfError
+from .errors import DataError, DqfError
 from .plugin import BASE_COLUMNS, Probe, Scorer, Selector, StepContext
 from .progress import Reporter, Timer
 from .readers import display_path, read_input
@@ -81,8 +81,12 @@ class Engine:
         inp = self.recipe.model.input
         with self.reporter.task("read input", None) as advance:
             t = Timer()
-            read = read_input(self.recipe.input_path, fmt=inp.format, fields=inp.fields, on_bad_row=inp.on_bad_row,
-                              limit=self.limit, progress=lambda n: advance(4096))
+            try:
+                read = read_input(self.recipe.input_path, fmt=inp.format, fields=inp.fields,
+                                  on_bad_row=inp.on_bad_row, limit=self.limit, progress=lambda n: advance(4096))
+            except DataError as exc:  # say which recipe pointed at the missing or empty input
+                raise DataError(*[f"{self.recipe.path}: {line}" if line.startswith("input.path") else line
+                                  for line in exc.lines]) from None
             read_seconds = t.seconds
         table = read.frame.with_row_index("_idx")
         n = table.height
@@ -194,7 +198,10 @@ class Engine:
                     advance(batch.height)
         elif hits is not None:
             self.reporter.info(f"{step.id} ({scorer.name}): all {hits.height:,} rows from cache")
-        scored = pl.concat(pieces, how="vertical_relaxed") if pieces else None
+        if pieces:
+            scored = pl.concat(pieces, how="vertical_relaxed")
+        else:  # no rows reached this step: its columns still exist, null for every row
+            scored = pl.concat([sub.select("_idx").clear(), pl.DataFrame(schema=step.columns)], how="horizontal")
         return scored, {"hits": 0 if hits is None else hits.height, "computed": todo.height}
 
     @staticmethod

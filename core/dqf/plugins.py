@@ -110,8 +110,8 @@ class PluginHost:
         if info is not None:
             return f"{name!r} is a {info.kind}, not a {kind}; available {kind}s: {', '.join(available) or 'none'}"
         close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown {kind} {name!r}{hint} available {kind}s: {', '.join(available) or 'none installed'}"
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown {kind} {name!r}{hint}; available {kind}s: {', '.join(available) or 'none installed'}"
 
     # -- lifecycle hooks ------------------------------------------------------------
     @property

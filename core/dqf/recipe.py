@@ -270,7 +270,8 @@ def load_recipe(path: str | Path, host_factory, *, overrides: dict | None = None
 
     ordered, cycle = _toposort(steps)
     if cycle:
-        raise RecipeError(f"{label}: steps form a cycle: {' -> '.join(cycle)}")
+        first = next(s for s in steps if s.id == cycle[0])
+        raise RecipeError(f"{label}: {first.key}.from: steps form a cycle: {' -> '.join(cycle)}")
     recipe = Recipe(path=path, model=model, steps=ordered, raw=raw)
     errors.extend(_check_columns(recipe))
     if errors:

@@ -37,12 +37,11 @@ BAD_RECIPES = [
         "unknown-top-level-key",
         recipe_text(
             """
-            colour = "blue"
-
             [[steps]]
             id = "a"
             score = { plugin = "heuristic" }
-            """
+            """,
+            header='colour = "blue"\n' + HEADER,
         ),
         [("colour", "unknown key")],
     ),
@@ -498,6 +497,7 @@ def test_from_defaults_to_previous_step_and_first_to_input(write_recipe):
 
 
 def test_paths_resolve_relative_to_recipe_file(write_recipe, tmp_path):
+    (tmp_path / "sub").mkdir()
     path = write_recipe(recipe_text('[[steps]]\nid = "q"\nscore = { plugin = "heuristic" }\n'), name="sub/r.toml")
     recipe = dqf.validate(path)
     assert recipe.input_path == tmp_path / "sub" / "pool.jsonl"
