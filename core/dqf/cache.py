@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,8 +73,12 @@ class ScoreCache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.enabled = enabled
 
-    def entry(self, plugin: "Plugin") -> CacheEntry:
-        return CacheEntry(self.root / "scores" / plugin.name / plugin.cache_key(), plugin, self.enabled)
+    def entry(self, plugin: "Plugin", upstream: str = "") -> CacheEntry:
+        """The entry for ``plugin``; ``upstream`` identifies the producers of the columns it reads."""
+        key = plugin.cache_key()
+        if upstream:
+            key = hashlib.blake2b(f"{key}|{upstream}".encode(), digest_size=12).hexdigest()
+        return CacheEntry(self.root / "scores" / plugin.name / key, plugin, self.enabled)
 
     def clear(self) -> int:
         """Delete every cached entry; returns the number of bytes freed."""

@@ -178,7 +178,7 @@ class Engine:
 
         scorer: Scorer = step.plugin
         cols = list(step.columns)
-        entry = self.cache.entry(scorer)
+        entry = self.cache.entry(scorer, self._upstream_key(step))
         cached = entry.load(cols)
         if cached is not None:
             hits = sub.select("_idx", "id").join(cached, on="id", how="inner")
@@ -203,6 +203,16 @@ class Engine:
         else:  # no rows reached this step: its columns still exist, null for every row
             scored = pl.concat([sub.select("_idx").clear(), pl.DataFrame(schema=step.columns)], how="horizontal")
         return scored, {"hits": 0 if hits is None else hits.height, "computed": todo.height}
+
+    def _upstream_key(self, step: Step) -> str:
+        """Cache keys of the steps that produce the columns ``step`` reads, so changing them invalidates it."""
+        producers = {c: s for s in self.recipe.chain(step.id)[:-1] for c in s.columns}
+        parts = []
+        for col in sorted(step.plugin.requires()):
+            if col in producers:
+                p = producers[col]
+                parts.append(f"{col}={p.plugin.cache_key()}:{self._upstream_key(p)}")
+        return ";".join(parts)
 
     @staticmethod
     def _attach(table, scored):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Optional
 
 from pydantic import Field, model_validator
@@ -23,4 +24,5 @@ class BudgetOptions(PluginOptions):
     def budget(self, n: int) -> int:
         if self.k is not None:
             return min(self.k, n)
-        return min(n, math.ceil(self.fraction * n))
+        # Exact decimal arithmetic: 0.07 * 100 is 7.000000000000001 in floats, which would round up to 8.
+        return min(n, math.ceil(Fraction(repr(self.fraction)) * n))

@@ -25,7 +25,7 @@ class ThresholdOptions(PluginOptions):
 
 
 class ThresholdSelector(Selector):
-    """Keep rows whose `column` lies within [min, max]; rows with a null value are dropped."""
+    """Keep rows whose `column` lies within [min, max]; rows with a null (or NaN) value are dropped."""
 
     name = "threshold"
     Options = ThresholdOptions
@@ -38,6 +38,8 @@ class ThresholdSelector(Selector):
 
         o = self.options
         col = pl.col(o.column)
+        if rows.schema[o.column].is_float():
+            col = col.fill_nan(None)  # NaN lies in no range; polars would order it above every number
         cond = pl.lit(True)
         if o.min is not None:
             cond = cond & (col >= o.min if o.inclusive else col > o.min)

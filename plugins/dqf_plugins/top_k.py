@@ -15,7 +15,7 @@ class TopKOptions(BudgetOptions):
 
 
 class TopKSelector(Selector):
-    """Keep the k rows ranked first by `column`; ties keep input order, nulls rank last."""
+    """Keep the k rows ranked first by `column`; ties keep input order, nulls (and NaN) rank last."""
 
     name = "top-k"
     Options = TopKOptions
@@ -27,8 +27,11 @@ class TopKSelector(Selector):
         import polars as pl
 
         k = self.options.budget(rows.height)
+        col = pl.col(self.options.column)
+        if rows.schema[self.options.column].is_float():
+            col = col.fill_nan(None)  # NaN ranks last like null, not above every number
         order = (
-            rows.select(pl.col(self.options.column))
+            rows.select(col)
             .with_row_index("_pos")
             .sort(self.options.column, descending=self.options.descending, nulls_last=True, maintain_order=True)
         )
