@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py
 
 
 @pytest.fixture(autouse=True)
@@ -53,3 +56,16 @@ EXAMPLE_POOL = Path(__file__).resolve().parents[1] / "examples" / "data" / "alpa
 @pytest.fixture
 def example_pool():
     return EXAMPLE_POOL
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Folders holding tiny random models (built once per session), loadable with from_pretrained."""
+    import tiny_models as tm
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {
+        "deberta": tm.tiny_deberta_classifier(root / "deberta"),
+        "bert": tm.tiny_bert(root / "bert"),
+        "llama": tm.tiny_llama(root / "llama"),
+    }

@@ -6,7 +6,8 @@ __version__ = "0.1.0"
 
 from .errors import DataError, DqfError, PluginError, RecipeError
 from .hookspecs import hookimpl
-from .plugin import BASE_COLUMNS, Plugin, PluginOptions, Probe, Scorer, Selector, StepContext
+from .plugin import (BASE_COLUMNS, Embedder, Plugin, PluginOptions, PluginSpec, Probe, Scorer, Selector, StepContext,
+                     row_texts)
 
 __all__ = [
     "__version__",
@@ -16,8 +17,20 @@ __all__ = [
     "Scorer",
     "Selector",
     "Probe",
+    "Embedder",
+    "PluginSpec",
     "StepContext",
     "BASE_COLUMNS",
+    "row_texts",
+    "kcenter_greedy",
+    "kcenter_radius",
+    "ModelRef",
+    "resolve_model",
+    "load_model",
+    "load_tokenizer",
+    "pick_device",
+    "pick_dtype",
+    "require",
     "DqfError",
     "DataError",
     "PluginError",
@@ -63,3 +76,18 @@ def missing_dependency(module: str, extra: str | None = None, package: str | Non
     pkg = package or module
     hint = f"pip install 'dqf[{extra}]'" if extra else f"pip install {pkg}"
     return DqfError(f"this plugin needs the Python package {pkg!r}, which is not installed; install it with: {hint}")
+
+
+_LAZY = {
+    "kcenter_greedy": "kcenter", "kcenter_radius": "kcenter",
+    "ModelRef": "models", "resolve_model": "models", "load_model": "models", "load_tokenizer": "models",
+    "pick_device": "models", "pick_dtype": "models", "require": "models",
+}
+
+
+def __getattr__(name):  # numeric and model helpers load on first use so `import dqf` stays fast
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'dqf' has no attribute {name!r}")

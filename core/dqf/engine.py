@@ -13,6 +13,7 @@ from typing import Any
 from . import __version__
 from .atomic import atomic_open, write_parquet
 from .cache import ScoreCache
+from .embeddings import EmbeddingStore
 from .errors import DataError, DqfError
 from .plugin import BASE_COLUMNS, Probe, Scorer, Selector, StepContext
 from .progress import Reporter, Timer
@@ -67,7 +68,9 @@ class Engine:
         cfg = recipe.model.cache
         root = cache_dir or (recipe.resolve(cfg.dir) if cfg.dir else None)
         self.cache = ScoreCache(root, enabled=use_cache and cfg.enabled)
+        self.embeddings = EmbeddingStore(self.cache.root, enabled=self.cache.enabled)
         self.reporter = reporter or Reporter()
+        self._setup_done: set[int] = set()
 
     # -- public -----------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -106,7 +109,8 @@ class Engine:
             elif isinstance(step.plugin, Probe):
                 with self.reporter.task(f"{step.id} ({step.plugin.name})", None):
                     out = step.plugin.run(sub, self._context(step, table, results))
-                scored = pl.concat([sub.select("_idx"), self._check_output(step, out, sub.height)], how="horizontal")
+                checked = self._check_output(f"probe {step.plugin.name!r} (step {step.id!r})", step.columns, out, sub.height)
+                scored = pl.concat([sub.select("_idx"), checked], how="horizontal")
                 table = self._attach(table, scored)
                 sub = table.filter(pl.col("_idx").is_in(rows_in.implode())) if step.source != "input" else table
 
@@ -131,6 +135,7 @@ class Engine:
                 "where": step.where, "rows_in": sub.height, "rows_out": kept.height,
                 "dropped": sub.height - kept.height, "seconds": round(t.seconds, 4),
                 **({"cache": cache_info} if cache_info is not None else {}),
+                **({"stats": step.plugin.stats()} if step.plugin.stats() else {}),
             })
 
         final = pl.concat([results[s] for s in self.recipe.output_steps]).unique().sort()
@@ -150,58 +155,74 @@ class Engine:
                 raise DqfError(f"step {step.id!r} asked for rows of {step_id!r}, which has not run")
             return table.filter(pl.col("_idx").is_in(results[step_id].implode())).drop("_raw")
 
-        return StepContext(step_id=step.id, seed=self.recipe.seed, run_dir=self.run_dir,
-                           cache_dir=self.cache.root, _step_rows=step_rows)
+        def embeddings(embedder, texts):
+            with self.reporter.task(f"{step.id}: embed ({embedder.name})", None) as advance:
+                return self.embeddings.embed(embedder, texts, advance)
 
-    def _check_output(self, step: Step, out, height: int):
+        def score(scorer, rows):
+            scored, _ = self._score_rows(scorer, dict(scorer.columns()), rows, label=f"{step.id}: {scorer.name}",
+                                         key="id", what=f"scorer {scorer.name!r} (inside step {step.id!r})")
+            return rows.select("id").join(scored, on="id", how="left", maintain_order="left").drop("id")
+
+        return StepContext(step_id=step.id, seed=self.recipe.seed, run_dir=self.run_dir,
+                           cache_dir=self.cache.root, _step_rows=step_rows, _embeddings=embeddings,
+                           _score=score, _progress=self.reporter.task)
+
+    @staticmethod
+    def _check_output(what: str, columns: dict, out, height: int):
         import polars as pl
 
-        what = f"{step.kind} plugin {step.plugin.name!r} (step {step.id!r})"
         if not isinstance(out, pl.DataFrame):
             raise DqfError(f"{what} returned {type(out).__name__}, expected a polars DataFrame")
         if out.height != height:
             raise DqfError(f"{what} returned {out.height} rows for a batch of {height}")
-        missing = [c for c in step.columns if c not in out.columns]
+        missing = [c for c in columns if c not in out.columns]
         if missing:
             raise DqfError(f"{what} did not return declared column(s) {', '.join(missing)}")
         try:
-            return out.select([pl.col(c).cast(dt) for c, dt in step.columns.items()])
+            return out.select([pl.col(c).cast(dt) for c, dt in columns.items()])
         except Exception as exc:
             raise DqfError(f"{what} returned a column that does not match its declared dtype: {exc}") from None
 
-    def _scorer_view(self, step: Step, frame):
-        cols = ["id", *[c for c in BASE_COLUMNS if c != "id"], *sorted(step.plugin.requires())]
-        return frame.select(cols)
-
     def _run_scorer(self, step: Step, sub):
+        return self._score_rows(step.plugin, step.columns, sub, label=f"{step.id} ({step.plugin.name})",
+                                batch_size=step.batch_size, upstream=self._upstream_key(step),
+                                what=f"scorer {step.plugin.name!r} (step {step.id!r})")
+
+    def _score_rows(self, scorer: Scorer, columns: dict, sub, *, label: str, batch_size: int | None = None,
+                    upstream: str = "", what: str = "", key: str = "_idx"):
+        """Scores for ``sub`` from the cache where present, computed batch by batch (each batch cached) otherwise."""
         import polars as pl
 
-        scorer: Scorer = step.plugin
-        cols = list(step.columns)
-        entry = self.cache.entry(scorer, self._upstream_key(step))
+        what = what or f"scorer {scorer.name!r}"
+        cols = list(columns)
+        entry = self.cache.entry(scorer, upstream)
         cached = entry.load(cols)
         if cached is not None:
-            hits = sub.select("_idx", "id").join(cached, on="id", how="inner")
+            hits = sub.select(key, "id").join(cached, on="id", how="inner")
             todo = sub.filter(~pl.col("id").is_in(cached["id"].implode()))
         else:
             hits = None
             todo = sub
-        pieces = [hits.drop("id")] if hits is not None and hits.height else []
+        pieces = [hits.drop("id") if key != "id" else hits] if hits is not None and hits.height else []
         if todo.height:
-            scorer.setup()
-            bs = step.batch_size or scorer.batch_size
-            with self.reporter.task(f"{step.id} ({scorer.name})", todo.height) as advance:
+            if id(scorer) not in self._setup_done:
+                scorer.setup()
+                self._setup_done.add(id(scorer))
+            bs = batch_size or scorer.batch_size
+            view = ["id", *[c for c in BASE_COLUMNS if c != "id"], *sorted(scorer.requires())]
+            with self.reporter.task(label, todo.height) as advance:
                 for batch in todo.iter_slices(bs):
-                    out = self._check_output(step, scorer.score(self._scorer_view(step, batch)), batch.height)
+                    out = self._check_output(what, columns, scorer.score(batch.select(view)), batch.height)
                     entry.write(pl.concat([batch.select("id"), out], how="horizontal"))
-                    pieces.append(pl.concat([batch.select("_idx"), out], how="horizontal"))
+                    pieces.append(pl.concat([batch.select(key), out], how="horizontal"))
                     advance(batch.height)
         elif hits is not None:
-            self.reporter.info(f"{step.id} ({scorer.name}): all {hits.height:,} rows from cache")
+            self.reporter.info(f"{label}: all {hits.height:,} rows from cache")
         if pieces:
             scored = pl.concat(pieces, how="vertical_relaxed")
         else:  # no rows reached this step: its columns still exist, null for every row
-            scored = pl.concat([sub.select("_idx").clear(), pl.DataFrame(schema=step.columns)], how="horizontal")
+            scored = pl.concat([sub.select(key).clear(), pl.DataFrame(schema=columns)], how="horizontal")
         return scored, {"hits": 0 if hits is None else hits.height, "computed": todo.height}
 
     def _upstream_key(self, step: Step) -> str:

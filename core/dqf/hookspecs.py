@@ -45,6 +45,20 @@ def dqf_register_probes(register):
 
 
 @hookspec
+def dqf_register_embedders(register):
+    """Register embedder classes.
+
+    :param register: call ``register(EmbedderClass)`` once per :class:`dqf.Embedder` subclass.
+    :return: ignored.
+
+    Embedders turn texts into float32 vectors. Selectors (k-center) and scorers
+    (reference similarity) name them in their options, e.g.
+    ``embedder = { plugin = "hf-encoder", model = "bert-base-uncased" }``; the engine caches
+    their vectors per text on disk.
+    """
+
+
+@hookspec
 def dqf_register_commands(cli):
     """Add commands to the ``dqf`` command-line tool.
 

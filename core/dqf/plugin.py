@@ -1,15 +1,17 @@
-"""Base classes every scorer, selector and probe derives from, and the context the engine hands them."""
+"""Base classes every scorer, selector, probe and embedder derives from, and the context the engine hands them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:  # polars is imported lazily so entry-point modules import fast
+if TYPE_CHECKING:  # polars and numpy are imported lazily so entry-point modules import fast
+    import numpy as np
     import polars as pl
 
 #: Columns every row has before any step runs (the canonical view of a row).
@@ -28,8 +30,22 @@ class PluginOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PluginSpec(BaseModel):
+    """A plugin named inside another plugin's options, e.g. ``embedder = { plugin = "hf-encoder", pooling = "cls" }``.
+
+    The recipe loader validates the named plugin's options and instantiates it; the owning
+    plugin finds the instance in ``self.nested[field_name]``.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    plugin: str
+
+    def plugin_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class Plugin:
-    """Common shape of scorers, selectors and probes.
+    """Common shape of scorers, selectors, probes and embedders.
 
     Subclasses set ``name`` (unique across all installed plugins), ``Options`` (a
     :class:`PluginOptions` subclass) and may bump ``version`` whenever a change alters
@@ -40,9 +56,17 @@ class Plugin:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     Options: ClassVar[type[PluginOptions]] = PluginOptions
+    #: Option fields holding a :class:`PluginSpec`, and the kind of plugin each must name.
+    nested_plugins: ClassVar[dict[str, str]] = {}
 
     def __init__(self, options: PluginOptions | None = None):
         self.options = options if options is not None else self.Options()
+        #: Instances of the plugins named in ``nested_plugins`` fields, set by the recipe loader.
+        self.nested: dict[str, Plugin] = {}
+
+    def stats(self) -> dict[str, Any]:
+        """Counters recorded in the manifest after the step ran (e.g. rows truncated)."""
+        return {}
 
     def requires(self) -> set[str]:
         """Columns this plugin reads beyond the base columns; validated before anything runs."""
@@ -65,6 +89,7 @@ class Plugin:
             "version": self.version,
             "options": self.options.model_dump(mode="json"),
             "identity": self.identity(),
+            "nested": {k: p.cache_key() for k, p in sorted(self.nested.items())},
         }
         blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
@@ -77,6 +102,7 @@ class Plugin:
             "version": self.version,
             "options": self.options.model_dump(mode="json"),
             **({"identity": self.identity()} if self.identity() else {}),
+            **({"nested": {k: p.describe() for k, p in self.nested.items()}} if self.nested else {}),
         }
 
 
@@ -132,6 +158,48 @@ class Probe(Plugin):
         raise NotImplementedError
 
 
+class Embedder(Plugin):
+    """Turns texts into fixed-size float32 vectors. Shared by selectors and scorers; results are cached per text."""
+
+    kind: ClassVar[str] = "embedder"
+    #: Texts per call to :meth:`embed`.
+    batch_size: ClassVar[int] = 64
+
+    def setup(self) -> None:
+        """Load the model. Called once, before the first :meth:`embed`."""
+
+    def embed(self, texts: list[str]) -> "np.ndarray":
+        """Return a ``float32`` array of shape ``(len(texts), dim)``."""
+        raise NotImplementedError
+
+    def texts(self, rows: "pl.DataFrame") -> list[str]:
+        """The text of each row this embedder embeds: its ``field`` option (see :func:`dqf.row_texts`)."""
+        return row_texts(rows, getattr(self.options, "field", "instruction"))
+
+
+def row_texts(rows: "pl.DataFrame", field: str) -> list[str]:
+    """Text of each row for ``field``.
+
+    ``instruction``, ``output`` or any other string column are taken as they are; ``prompt``
+    is the instruction followed by a newline and the input when the input is non-empty
+    (as MoDS builds its question); ``both`` is the prompt, a newline, then the output.
+    """
+    import polars as pl
+
+    prompt = (
+        pl.when(pl.col("input").str.len_chars() > 0)
+        .then(pl.concat_str([pl.col("instruction"), pl.col("input")], separator="\n"))
+        .otherwise(pl.col("instruction"))
+    )
+    if field == "prompt":
+        expr = prompt
+    elif field == "both":
+        expr = pl.concat_str([prompt, pl.col("output")], separator="\n")
+    else:
+        expr = pl.col(field).cast(pl.String)
+    return rows.select(expr.fill_null("").alias("t"))["t"].to_list()
+
+
 Selection = "pl.Series | Sequence[int] | Iterable[int]"
 
 
@@ -144,7 +212,27 @@ class StepContext:
     run_dir: Any
     cache_dir: Any
     _step_rows: Any = field(default=None, repr=False)
+    _embeddings: Any = field(default=None, repr=False)
+    _score: Any = field(default=None, repr=False)
+    _progress: Any = field(default=None, repr=False)
 
     def step_rows(self, step_id: str) -> "pl.DataFrame":
         """Rows (with every column computed so far) in the result of an earlier step, or ``"input"``."""
         return self._step_rows(step_id)
+
+    def embeddings(self, embedder: "Embedder", rows: "pl.DataFrame", field: str | None = None) -> "np.ndarray":
+        """``float32`` embeddings of ``rows`` (``field`` overrides the embedder's own), through the embedding cache."""
+        texts = row_texts(rows, field) if field is not None else embedder.texts(rows)
+        return self._embeddings(embedder, texts)
+
+    def score(self, scorer: "Scorer", rows: "pl.DataFrame") -> "pl.DataFrame":
+        """Run ``scorer`` over ``rows`` (which need ``id`` and the base columns) through the score cache."""
+        return self._score(scorer, rows)
+
+    def progress(self, description: str, total: int | None = None):
+        """A context manager yielding ``advance(n=1)``, shown as a progress bar with rows/s."""
+        return self._progress(description, total)
+
+    def artifact_dir(self, plugin: "Plugin", key: str) -> Path:
+        """A folder in the cache for large artifacts (fine-tuned weights, ...), stable for ``key``."""
+        return Path(self.cache_dir) / "artifacts" / plugin.name / key

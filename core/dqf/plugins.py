@@ -16,14 +16,15 @@ from pydantic import BaseModel
 
 from . import hookspecs
 from .errors import PluginError
-from .plugin import Plugin, Probe, Scorer, Selector
+from .plugin import Embedder, Plugin, Probe, Scorer, Selector
 
 ENTRY_POINT_GROUP = "dqf"
-KINDS: dict[str, type[Plugin]] = {"scorer": Scorer, "selector": Selector, "probe": Probe}
+KINDS: dict[str, type[Plugin]] = {"scorer": Scorer, "selector": Selector, "probe": Probe, "embedder": Embedder}
 _HOOK_FOR_KIND = {
     "scorer": "dqf_register_scorers",
     "selector": "dqf_register_selectors",
     "probe": "dqf_register_probes",
+    "embedder": "dqf_register_embedders",
 }
 
 

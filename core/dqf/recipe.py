@@ -230,26 +230,8 @@ def load_recipe(path: str | Path, host_factory, *, overrides: dict | None = None
             errors.append(f"{key}: exactly one of score / select / probe is required (got {what})")
             continue
         kind = given[0]
-        spec = dict(getattr(sc, kind))
-        pname = spec.pop("plugin", None)
-        if not isinstance(pname, str):
-            errors.append(f"{key}.{kind}.plugin: required key is missing" if pname is None
-                          else f"{key}.{kind}.plugin: expected a plugin name")
-            continue
-        try:
-            info = host.get(_KIND_OF[kind], pname)
-        except PluginError as exc:
-            errors.append(f"{key}.{kind}.plugin: {exc}")
-            continue
-        try:
-            options = info.cls.Options.model_validate(spec)
-        except ValidationError as exc:
-            errors.extend(_pydantic_lines(exc, prefix=f"{key}.{kind}"))
-            continue
-        try:
-            plugin = info.cls(options)
-        except Exception as exc:  # a plugin rejecting a combination of options
-            errors.append(f"{key}.{kind}: {exc}")
+        plugin = instantiate(host, _KIND_OF[kind], getattr(sc, kind), f"{key}.{kind}", errors)
+        if plugin is None:
             continue
         source = sc.from_ if sc.from_ is not None else (model.steps[i - 1].id if i > 0 else "input")
         cols = dict(plugin.columns()) if isinstance(plugin, (Scorer, Probe)) else {}
@@ -277,6 +259,50 @@ def load_recipe(path: str | Path, host_factory, *, overrides: dict | None = None
     if errors:
         raise RecipeError(*[f"{label}: {e}" for e in errors])
     return recipe, host
+
+
+def instantiate(host, kind: str, spec: Any, keypath: str, errors: list[str]) -> Plugin | None:
+    """Validate ``spec`` ({plugin = name, **options}) as a ``kind`` plugin and build it, nested plugins included.
+
+    Problems are appended to ``errors`` as ``keypath.sub.key: message``; returns None then.
+    """
+    if isinstance(spec, BaseModel):
+        spec = {"plugin": getattr(spec, "plugin", None), **(spec.model_extra or {})}
+    if not isinstance(spec, dict):
+        errors.append(f"{keypath}: expected a table like {{ plugin = \"name\", ... }}")
+        return None
+    spec = dict(spec)
+    pname = spec.pop("plugin", None)
+    if not isinstance(pname, str):
+        errors.append(f"{keypath}.plugin: required key is missing" if pname is None
+                      else f"{keypath}.plugin: expected a plugin name")
+        return None
+    try:
+        info = host.get(kind, pname)
+    except PluginError as exc:
+        errors.append(f"{keypath}.plugin: {exc}")
+        return None
+    try:
+        options = info.cls.Options.model_validate(spec)
+    except ValidationError as exc:
+        errors.extend(_pydantic_lines(exc, prefix=keypath))
+        return None
+    try:
+        plugin = info.cls(options)
+    except Exception as exc:  # a plugin rejecting a combination of options
+        errors.append(f"{keypath}: {exc}")
+        return None
+    ok = True
+    for fname, nkind in info.cls.nested_plugins.items():
+        nspec = getattr(options, fname, None)
+        if nspec is None:
+            continue
+        child = instantiate(host, nkind, nspec, f"{keypath}.{fname}", errors)
+        if child is None:
+            ok = False
+        else:
+            plugin.nested[fname] = child
+    return plugin if ok else None
 
 
 def _known(ids) -> str:

@@ -1,6 +1,11 @@
-"""Built-in dqf plugins, registered through the `dqf` entry point like any third-party package."""
+"""Built-in dqf plugins (MoDS and basic selectors), registered through the `dqf` entry point like any third-party package."""
 
 from dqf import hookimpl
+
+
+@hookimpl
+def dqf_register_scorers(register):
+    pass
 
 
 @hookimpl
@@ -12,3 +17,13 @@ def dqf_register_selectors(register):
     register(ThresholdSelector)
     register(TopKSelector)
     register(RandomSelector)
+
+
+@hookimpl
+def dqf_register_probes(register):
+    pass
+
+
+@hookimpl
+def dqf_register_embedders(register):
+    pass

@@ -1,0 +1,471 @@
+"""Exact k-center greedy (farthest-point) selection over embedding rows, on torch or numpy, in or out of core."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = ["kcenter_greedy", "kcenter_radius"]
+
+# Two backends run the same float32 arithmetic: torch on an accelerator, numpy on the CPU.
+# Each step is one matrix-vector product over all of X, so it is memory-bandwidth bound, and
+# numpy's OpenBLAS gemv reaches that bound where torch's CPU mv may not (measured with torch
+# 2.13's MKL on an AMD EPYC host: about 3x slower than numpy on a 100k x 384 matrix). The
+# numpy backend also serves when torch is not installed. Both give the same picks.
+
+# A memmap larger than this is streamed in row chunks each step instead of being used whole.
+MEMMAP_BUDGET_BYTES = 2 << 30
+# Auto-chunk size when streaming (rows are chosen so one chunk holds about this many float32 bytes).
+_CHUNK_BYTES = 64 << 20
+# Upper bound on the temporary (rows x centres) block built while seeding from already_selected.
+_BLOCK_BYTES = 64 << 20
+# Share of free accelerator memory X may take before it is streamed from the host instead.
+_DEVICE_FRACTION = 0.8
+
+
+def kcenter_greedy(
+    X: Any,
+    k: int,
+    *,
+    already_selected: Sequence[int] | np.ndarray = (),
+    first: int | None = None,
+    seed: int | None = 0,
+    device: Any = None,
+    chunk_rows: int | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> list[int]:
+    """Pick ``k`` rows of ``X`` by greedy k-center (farthest-point) selection under Euclidean distance.
+
+    Each step adds the row whose distance to its nearest chosen centre is largest, which is
+    the 2-approximation of Gonzalez (1985) used by Sener & Savarese (2018) and by MoDS
+    (Du et al. 2023) to pick a diverse seed set. The result is exactly the naive algorithm's
+    (recompute every distance to the new centre, take the argmax), with ties broken by the
+    lowest row index, up to float32 rounding of near-equal distances.
+
+    How: a float32 vector of squared distance to the nearest centre is kept per row. A step
+    computes the new centre's squared distance to every row as one matrix-vector product with
+    precomputed squared norms (``|x|^2 - 2 x.c + |c|^2``, negative rounding clamped to 0),
+    takes the element-wise minimum and then the argmax. Chosen rows are marked so they are
+    never picked again, even when only exact duplicates of centres remain.
+
+    Args:
+        X: ``(n, d)`` rows, a numpy array (``np.memmap`` included), a torch tensor or anything
+            ``np.asarray`` accepts. Real-valued; converted to float32, copying X at most once
+            (never when it is already C-contiguous float32 on the target device).
+        k: number of new rows to pick; clipped to the number of rows not in ``already_selected``.
+        already_selected: row indices that are centres already (e.g. a seed set when continuing
+            coverage over a pool that contains it). Distances start from these centres, the
+            first new pick is the farthest row from them, and none of them is returned.
+        first: the first centre when ``already_selected`` is empty. Not allowed together with
+            ``already_selected``.
+        seed: when neither ``first`` nor ``already_selected`` is given, the first centre is
+            ``np.random.default_rng(seed).integers(n)`` (the reference picks it at random too).
+        device: where the arithmetic runs. ``None`` or ``"auto"``: CUDA when torch sees one (a
+            CUDA tensor stays on its device), else the CPU. Any torch device string works;
+            ``"cpu"`` (or ``"numpy"``) runs numpy's BLAS without importing torch, which is
+            also what every CPU run uses.
+        chunk_rows: stream X in blocks of this many rows every step instead of holding it whole
+            on the device. Chosen automatically for a memmap over 2 GiB, or for X that does not
+            fit in 80% of the free accelerator memory.
+        progress: called with ``1`` after every pick (e.g. a progress bar's ``advance``).
+
+    Returns:
+        The new picks, in pick order, as Python ints (``[]`` when k is 0 or nothing is left).
+
+    Raises:
+        ValueError: ``k`` negative or not an integer, ``X`` not 2-D / not real / containing NaN
+            or inf, ``already_selected`` or ``first`` out of range, or both given.
+
+    Complexity:
+        O(k * n * d) time -- one pass over X per pick, memory-bandwidth bound -- plus one pass
+        for the squared norms (and ``len(already_selected) * n * d`` for seeding). O(n) extra
+        memory: two float32 vectors of length n and at most one chunk of X; never an ``n x k``
+        or ``n x n`` matrix.
+    """
+    X, n, d, is_tensor = _check_x(X)
+    k = _check_k(k)
+    already = _check_indices(already_selected, n)
+    if first is not None:
+        if already.size:
+            raise ValueError("kcenter_greedy: give either `first` or `already_selected`, not both "
+                             "(with already_selected the first pick is the row farthest from them)")
+        first = _check_index(first, n, "first")
+    if chunk_rows is not None:
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+            raise ValueError(f"kcenter_greedy: chunk_rows must be a positive integer, got {chunk_rows!r}")
+        chunk_rows = int(chunk_rows)
+    k = min(k, n - already.size)
+    if k == 0:
+        return []
+    if not already.size and first is None:
+        first = int(np.random.default_rng(seed).integers(n))
+    if device in ("cpu", "numpy") and not is_tensor:  # no need to import torch at all
+        return _kcenter_numpy(X, k, already, first, chunk_rows, progress)
+    try:
+        import torch
+    except ImportError:
+        if device not in (None, "auto"):
+            raise ValueError(f"kcenter_greedy: device={device!r} needs torch, which is not installed") from None
+        return _kcenter_numpy(X, k, already, first, chunk_rows, progress)
+    dev = _resolve_device(torch, X, is_tensor, device)
+    if dev.type == "cpu":  # numpy's BLAS: see the module notes on CPU matrix-vector speed
+        if is_tensor:
+            X = X.detach().cpu()
+            X = (X if X.dtype in (torch.float32, torch.float64) else X.float()).numpy()
+        return _kcenter_numpy(X, k, already, first, chunk_rows, progress)
+    return _kcenter_torch(X, k, already, first, dev, chunk_rows, progress, is_tensor)
+
+
+def kcenter_radius(X: Any, centres: Sequence[int] | np.ndarray) -> float:
+    """Covering radius: the largest Euclidean distance from any row of ``X`` to its nearest centre.
+
+    Computed in float64 by blocks (memory bounded by a few tens of MB); a centre's own distance
+    is exactly 0. ``centres`` are row indices of ``X`` and must not be empty. O(n * m * d) time
+    for m centres.
+    """
+    X, n, d, is_tensor = _check_x(X)
+    if is_tensor:
+        X = X.detach().cpu().numpy()
+    idx = _check_indices(centres, n)
+    if not idx.size:
+        raise ValueError("kcenter_radius: centres must not be empty")
+    C = np.asarray(X[np.sort(idx)], dtype=np.float64)
+    sqc = np.einsum("ij,ij->i", C, C)
+    is_centre = np.zeros(n, dtype=bool)
+    is_centre[idx] = True
+    rows = max(1, _BLOCK_BYTES // (8 * max(d, C.shape[0])))
+    cols = max(1, _BLOCK_BYTES // (8 * rows))
+    worst = 0.0
+    for s in range(0, n, rows):
+        xb = np.asarray(X[s:s + rows], dtype=np.float64)
+        sqx = np.einsum("ij,ij->i", xb, xb)
+        best = np.full(xb.shape[0], np.inf)
+        for t in range(0, C.shape[0], cols):
+            g = xb @ C[t:t + cols].T
+            g *= -2
+            g += sqx[:, None]
+            g += sqc[None, t:t + cols]
+            np.minimum(best, g.min(axis=1), out=best)
+        best[is_centre[s:s + rows]] = 0.0
+        worst = max(worst, float(np.maximum(best, 0.0).max()))
+    return float(np.sqrt(worst))
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _is_torch_tensor(X: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(X, torch.Tensor)
+
+
+def _check_x(X: Any) -> tuple[Any, int, int, bool]:
+    is_tensor = _is_torch_tensor(X)
+    if is_tensor:
+        if X.is_complex() or X.dtype == sys.modules["torch"].bool:
+            raise ValueError(f"kcenter: X must be real-valued, got dtype {X.dtype}")
+    else:
+        if not isinstance(X, np.ndarray):
+            X = np.asarray(X)
+        if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
+            raise ValueError(f"kcenter: X must be real-valued, got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise ValueError(f"kcenter: X must be 2-D (rows x features), got shape {tuple(X.shape)}")
+    n, d = (int(s) for s in X.shape)
+    if d < 1:
+        raise ValueError(f"kcenter: X must have at least one feature column, got shape {tuple(X.shape)}")
+    return X, n, d, is_tensor
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"kcenter_greedy: k must be an integer, got {k!r}")
+    if k < 0:
+        raise ValueError(f"kcenter_greedy: k must be >= 0, got {k}")
+    return int(k)
+
+
+def _check_index(i: Any, n: int, name: str) -> int:
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        raise ValueError(f"kcenter_greedy: {name} must be a row index (int), got {i!r}")
+    if not 0 <= i < n:
+        raise ValueError(f"kcenter_greedy: {name}={i} is out of range for X with {n} rows")
+    return int(i)
+
+
+def _check_indices(idx: Any, n: int) -> np.ndarray:
+    if _is_torch_tensor(idx):
+        idx = idx.detach().cpu().numpy()
+    arr = np.asarray(idx)
+    if arr.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError("kcenter: row indices must be a 1-D sequence of integers, "
+                         f"got shape {arr.shape} dtype {arr.dtype}")
+    bad = arr[(arr < 0) | (arr >= n)]
+    if bad.size:
+        raise ValueError(f"kcenter: row index {int(bad[0])} is out of range for X with {n} rows "
+                         f"({bad.size} out of range)")
+    return np.unique(arr.astype(np.int64))
+
+
+def _row_blocks(n: int, chunk_rows: int | None) -> list[tuple[int, int]]:
+    step = n if chunk_rows is None else chunk_rows
+    return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces
+
+
+def _offset(shift: np.ndarray, s1: np.ndarray, s2: np.ndarray, n: int) -> np.ndarray:
+    """A float32 offset near the column mean, from sums of ``x - shift`` and of its squares.
+
+    Distances are translation-invariant, so subtracting any offset leaves the picks unchanged;
+    removing the common component shrinks the squared norms and with them the float32
+    cancellation error of ``|x|^2 - 2 x.c + |c|^2`` (embeddings such as BERT CLS vectors share
+    a large one). The mean is rounded to a multiple of a power of two near 1/8 of the data's
+    spread: that keeps the offset's benefit and makes ``x - offset`` and its products exact
+    for small-integer data, so exact ties stay exact ties.
+    """
+    mean_rel = s1 / n
+    spread = float(np.sqrt(max(float(np.mean(s2 / n - mean_rel ** 2)), 0.0)))
+    mean = shift.astype(np.float64) + mean_rel
+    if not (np.isfinite(spread) and spread > 0 and np.isfinite(mean).all()):
+        return shift.astype(np.float32)
+    q = 2.0 ** (np.floor(np.log2(spread)) - 3)
+    return (np.round(mean / q) * q).astype(np.float32)
+
+
+def _seed_block(n_rows: int, n_centres: int) -> int:
+    """How many existing centres to process at once so a (rows x centres) block stays small."""
+    return max(1, min(n_centres, _BLOCK_BYTES // (4 * max(n_rows, 1))))
+
+
+# ---------------------------------------------------------------------------------------------
+# torch backend
+
+
+def _resolve_device(torch, X, is_tensor: bool, device: Any):
+    if device is None or device == "auto":
+        if is_tensor and X.device.type != "cpu":
+            return X.device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "numpy":
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _np_tensor(torch, a: np.ndarray):
+    """A float32 C-contiguous CPU tensor over ``a``: zero-copy when it already is one."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    with warnings.catch_warnings():  # read-only memmaps: nothing is ever written through it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
+def _kcenter_torch(X, k, already, first, device, chunk_rows, progress, is_tensor) -> list[int]:
+    import torch
+
+    dev = device if isinstance(device, torch.device) else _resolve_device(torch, X, is_tensor, device)
+    n, d = (int(s) for s in X.shape)
+    if chunk_rows is None:
+        if isinstance(X, np.memmap) and n * d * 4 > MEMMAP_BUDGET_BYTES:
+            chunk_rows = max(1, _CHUNK_BYTES // (4 * d))
+        elif dev.type == "cuda" and not (is_tensor and X.device == dev):
+            free, _ = torch.cuda.mem_get_info(dev)
+            if n * d * 4 > _DEVICE_FRACTION * free:
+                chunk_rows = max(1, _CHUNK_BYTES // (4 * d))
+    step = chunk_rows or max(1, _CHUNK_BYTES // (4 * d))
+
+    def raw(sel):
+        """Rows of X (a slice or an int64 numpy index array) as float32 on the device."""
+        if is_tensor:
+            if isinstance(sel, np.ndarray):
+                sel = torch.from_numpy(sel).to(X.device)
+            return X[sel].detach().to(device=dev, dtype=torch.float32)
+        return _np_tensor(torch, X[sel]).to(dev)
+
+    with torch.inference_mode():
+        shift = raw(slice(0, 1))  # sums of x - X[0]: a cheap, cancellation-safe spread estimate
+        s1 = torch.zeros(d, dtype=torch.float64, device=dev)
+        s2 = torch.zeros(d, dtype=torch.float64, device=dev)
+        for s, e in _row_blocks(n, step):
+            xb = raw(slice(s, e)) - shift
+            s1 += xb.sum(dim=0, dtype=torch.float64)
+            s2 += (xb * xb).sum(dim=0, dtype=torch.float64)
+        if not bool(torch.isfinite(s1).all()):
+            for s, e in _row_blocks(n, step):
+                ok = torch.isfinite(raw(slice(s, e))).all(dim=1)
+                if not bool(ok.all()):
+                    raise ValueError(f"kcenter_greedy: X has NaN or inf values (row {s + int(torch.argmin(ok.int()))})")
+        mu = torch.from_numpy(_offset(shift[0].cpu().numpy(), s1.cpu().numpy(), s2.cpu().numpy(), n)).to(dev)
+
+        sqn = torch.empty(n, dtype=torch.float32, device=dev)
+        if chunk_rows is None:  # X whole on the device, centred: the one copy
+            Xd = torch.empty((n, d), dtype=torch.float32, device=dev)
+            for s, e in _row_blocks(n, step):
+                xb = torch.sub(raw(slice(s, e)), mu, out=Xd[s:e])
+                torch.sum(xb * xb, dim=1, out=sqn[s:e])
+            blocks = [(0, n)]
+
+            def block(s: int, e: int):
+                return Xd[s:e]
+
+            def rows(idx):  # idx: 1-D long tensor on the device (no host sync)
+                return Xd.index_select(0, idx)
+        else:  # streamed: each chunk is read, moved and centred when used
+            blocks = _row_blocks(n, chunk_rows)
+
+            def block(s: int, e: int):
+                return raw(slice(s, e)) - mu  # never in place: raw() may be a view of X
+
+            def rows(idx):
+                return raw(idx.cpu().numpy()) - mu
+
+            for s, e in blocks:
+                xb = block(s, e)
+                torch.sum(xb * xb, dim=1, out=sqn[s:e])
+        if not bool(torch.isfinite(sqn).all()):
+            bad = int(torch.nonzero(~torch.isfinite(sqn))[0])
+            raise ValueError(f"kcenter_greedy: X has values too large to square in float32 (row {bad})")
+
+        mind = torch.full((n,), float("inf"), dtype=torch.float32, device=dev)
+        buf = torch.empty(n, dtype=torch.float32, device=dev)
+
+        if already.size:  # distances from the existing centres, a few centres at a time
+            per = _seed_block(blocks[0][1] - blocks[0][0], already.size)
+            for t in range(0, already.size, per):
+                ids = torch.from_numpy(already[t:t + per]).to(dev)
+                C = rows(ids)
+                sqc = sqn.index_select(0, ids)
+                for s, e in blocks:
+                    g = block(s, e) @ C.T
+                    g.mul_(-2).add_(sqn[s:e, None]).add_(sqc[None, :]).clamp_(min=0)
+                    torch.minimum(mind[s:e], g.amin(dim=1), out=mind[s:e])
+            mind[torch.from_numpy(already).to(dev)] = -1.0
+            idx = torch.argmax(mind).view(1)
+        else:
+            idx = torch.tensor([first], dtype=torch.long, device=dev)
+
+        picks = torch.empty(k, dtype=torch.long, device=dev)
+        for i in range(k):
+            picks[i:i + 1] = idx
+            if progress is not None:
+                progress(1)
+            if i == k - 1:
+                break
+            c = rows(idx)[0]
+            sqc = sqn.index_select(0, idx)
+            for s, e in blocks:
+                out = buf[s:e]
+                torch.addmv(sqn[s:e], block(s, e), c, alpha=-2, out=out)  # |x|^2 - 2 x.c
+                out.add_(sqc).clamp_(min=0)
+                torch.minimum(mind[s:e], out, out=mind[s:e])
+            mind.index_fill_(0, idx, -1.0)  # chosen: never the argmax again
+            idx = torch.argmax(mind).view(1)
+        return picks.cpu().tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy backend (every CPU run, and the fallback when torch is missing; same arithmetic, same picks)
+
+
+def _kcenter_numpy(X, k, already, first, chunk_rows, progress) -> list[int]:
+    n, d = (int(s) for s in X.shape)
+    if chunk_rows is None and isinstance(X, np.memmap) and n * d * 4 > MEMMAP_BUDGET_BYTES:
+        chunk_rows = max(1, _CHUNK_BYTES // (4 * d))
+    step = chunk_rows or max(1, _CHUNK_BYTES // (4 * d))
+
+    def raw(sel) -> np.ndarray:
+        return np.asarray(X[sel], dtype=np.float32)
+
+    shift = raw(slice(0, 1))
+    s1 = np.zeros(d, dtype=np.float64)
+    s2 = np.zeros(d, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for s, e in _row_blocks(n, step):
+            xb = raw(slice(s, e)) - shift
+            s1 += xb.sum(axis=0, dtype=np.float64)
+            s2 += (xb * xb).sum(axis=0, dtype=np.float64)
+    if not np.isfinite(s1).all():
+        for s, e in _row_blocks(n, step):
+            ok = np.isfinite(raw(slice(s, e))).all(axis=1)
+            if not ok.all():
+                raise ValueError(f"kcenter_greedy: X has NaN or inf values (row {s + int(np.argmin(ok))})")
+    with np.errstate(over="ignore", invalid="ignore"):
+        mu = _offset(shift[0], s1, s2, n)
+
+    sqn = np.empty(n, dtype=np.float32)
+    if chunk_rows is None:  # centred copy of X: the one copy
+        Xd = np.empty((n, d), dtype=np.float32)
+        for s, e in _row_blocks(n, step):
+            xb = np.subtract(raw(slice(s, e)), mu, out=Xd[s:e])
+            np.einsum("ij,ij->i", xb, xb, out=sqn[s:e])
+        blocks = [(0, n)]
+
+        def block(s: int, e: int) -> np.ndarray:
+            return Xd[s:e]
+
+        def rows(ids) -> np.ndarray:
+            return Xd[ids]
+    else:
+        blocks = _row_blocks(n, chunk_rows)
+
+        def block(s: int, e: int) -> np.ndarray:
+            return raw(slice(s, e)) - mu
+
+        def rows(ids) -> np.ndarray:
+            return raw(ids) - mu
+
+        for s, e in blocks:
+            xb = block(s, e)
+            np.einsum("ij,ij->i", xb, xb, out=sqn[s:e])
+    if not np.isfinite(sqn).all():
+        raise ValueError("kcenter_greedy: X has values too large to square in float32 "
+                         f"(row {int(np.flatnonzero(~np.isfinite(sqn))[0])})")
+
+    mind = np.full(n, np.inf, dtype=np.float32)
+    buf = np.empty(n, dtype=np.float32)
+    if already.size:
+        per = _seed_block(blocks[0][1] - blocks[0][0], already.size)
+        for t in range(0, already.size, per):
+            ids = already[t:t + per]
+            C = rows(ids)
+            sqc = sqn[ids]
+            for s, e in blocks:
+                g = block(s, e) @ C.T
+                g *= -2
+                g += sqn[s:e, None]
+                g += sqc[None, :]
+                np.maximum(g, 0, out=g)
+                np.minimum(mind[s:e], g.min(axis=1), out=mind[s:e])
+        mind[already] = -1.0
+        idx = int(np.argmax(mind))
+    else:
+        idx = first
+
+    picks: list[int] = []
+    for i in range(k):
+        picks.append(idx)
+        if progress is not None:
+            progress(1)
+        if i == k - 1:
+            break
+        c = rows(idx)
+        sqc = sqn[idx]
+        for s, e in blocks:
+            out = buf[s:e]
+            np.matmul(block(s, e), c, out=out)
+            out *= -2
+            out += sqn[s:e]  # |x|^2 - 2 x.c
+            out += sqc
+            np.maximum(out, 0, out=out)
+            np.minimum(mind[s:e], out, out=mind[s:e])
+        mind[idx] = -1.0
+        idx = int(np.argmax(mind))
+    return picks

