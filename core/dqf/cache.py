@@ -80,10 +80,15 @@ class ScoreCache:
             key = hashlib.blake2b(f"{key}|{upstream}".encode(), digest_size=12).hexdigest()
         return CacheEntry(self.root / "scores" / plugin.name / key, plugin, self.enabled)
 
+    #: What dqf keeps under its cache root; `clear` deletes these and nothing else it finds there.
+    PARTS = ("scores", "embeddings", "artifacts", "models")
+
     def clear(self) -> int:
         """Delete every cached entry; returns the number of bytes freed."""
-        if not self.root.exists():
-            return 0
-        size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
-        shutil.rmtree(self.root)
+        size = 0
+        for part in self.PARTS:
+            d = self.root / part
+            if d.exists():
+                size += sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+                shutil.rmtree(d)
         return size

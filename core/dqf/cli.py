@@ -118,8 +118,10 @@ def _register_plugin_commands() -> None:
 
 def main(argv=None) -> None:
     _register_plugin_commands()
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if debug:  # accepted anywhere on the line, not only before the command
+        args = ["--debug", *[a for a in args if a != "--debug"]]
     try:
         cli.main(args=args, prog_name="dqf", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -253,7 +253,13 @@ class Engine:
             if picked.len() != rows.height:
                 raise DqfError(f"selector {step.plugin.name!r} returned a mask of {picked.len()} for {rows.height} rows")
             return np.flatnonzero(picked.fill_null(False).to_numpy())
-        pos = np.asarray(list(picked) if not isinstance(picked, (pl.Series, np.ndarray)) else picked, dtype=np.int64)
+        arr = np.asarray(picked.to_numpy() if isinstance(picked, pl.Series) else
+                         (picked if isinstance(picked, np.ndarray) else list(picked)))
+        if arr.dtype == np.bool_:  # a mask, whatever container it came in
+            if arr.shape != (rows.height,):
+                raise DqfError(f"selector {step.plugin.name!r} returned a mask of {arr.size} for {rows.height} rows")
+            return np.flatnonzero(arr)
+        pos = arr.astype(np.int64) if arr.size else np.zeros(0, dtype=np.int64)
         if pos.size and (pos.min() < 0 or pos.max() >= rows.height):
             raise DqfError(f"selector {step.plugin.name!r} returned a position outside 0..{rows.height - 1}")
         return np.unique(pos)

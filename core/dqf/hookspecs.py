@@ -71,7 +71,7 @@ def dqf_register_commands(cli):
 def dqf_run_start(recipe, run_dir):
     """Called once before the first step of ``dqf run``.
 
-    :param recipe: the validated :class:`dqf.Recipe`.
+    :param recipe: the validated :class:`dqf.recipe.Recipe`.
     :param run_dir: :class:`pathlib.Path` of the output directory.
     :return: ignored.
     """
@@ -81,7 +81,7 @@ def dqf_run_start(recipe, run_dir):
 def dqf_run_end(recipe, run_dir, manifest):
     """Called once after every output file of ``dqf run`` is written.
 
-    :param recipe: the validated :class:`dqf.Recipe`.
+    :param recipe: the validated :class:`dqf.recipe.Recipe`.
     :param run_dir: :class:`pathlib.Path` of the output directory.
     :param manifest: the ``manifest.json`` contents as a dict.
     :return: ignored.

@@ -13,8 +13,9 @@ __all__ = ["kcenter_greedy", "kcenter_radius"]
 # Two backends run the same float32 arithmetic: torch on an accelerator, numpy on the CPU.
 # Each step is one matrix-vector product over all of X, so it is memory-bandwidth bound, and
 # numpy's OpenBLAS gemv reaches that bound where torch's CPU mv may not (measured with torch
-# 2.13's MKL on an AMD EPYC host: about 3x slower than numpy on a 100k x 384 matrix). The
-# numpy backend also serves when torch is not installed. Both give the same picks.
+# 2.13's MKL on an AMD EPYC host: 3x or more slower than numpy on a 100k x 384 matrix). The
+# numpy backend also serves when torch is not installed. Both give the same picks (float32
+# near-ties aside: a different summation order can break a tie within rounding the other way).
 
 # A memmap larger than this is streamed in row chunks each step instead of being used whole.
 MEMMAP_BUDGET_BYTES = 2 << 30
@@ -48,13 +49,16 @@ def kcenter_greedy(
     How: a float32 vector of squared distance to the nearest centre is kept per row. A step
     computes the new centre's squared distance to every row as one matrix-vector product with
     precomputed squared norms (``|x|^2 - 2 x.c + |c|^2``, negative rounding clamped to 0),
-    takes the element-wise minimum and then the argmax. Chosen rows are marked so they are
-    never picked again, even when only exact duplicates of centres remain.
+    takes the element-wise minimum and then the argmax. Norms and the centre are taken
+    relative to (a rounding of) the column mean, which leaves distances unchanged but cuts
+    the float32 cancellation error when the rows share a large common component, as
+    embeddings do. Chosen rows are marked so they are never picked again, even when only
+    exact duplicates of centres remain.
 
     Args:
         X: ``(n, d)`` rows, a numpy array (``np.memmap`` included), a torch tensor or anything
-            ``np.asarray`` accepts. Real-valued; converted to float32, copying X at most once
-            (never when it is already C-contiguous float32 on the target device).
+            ``np.asarray`` accepts. Real-valued; used as float32, copying X at most once: no
+            copy when it is already C-contiguous float32 on the target device or is streamed.
         k: number of new rows to pick; clipped to the number of rows not in ``already_selected``.
         already_selected: row indices that are centres already (e.g. a seed set when continuing
             coverage over a pool that contains it). Distances start from these centres, the
@@ -81,9 +85,10 @@ def kcenter_greedy(
 
     Complexity:
         O(k * n * d) time -- one pass over X per pick, memory-bandwidth bound -- plus one pass
-        for the squared norms (and ``len(already_selected) * n * d`` for seeding). O(n) extra
-        memory: two float32 vectors of length n and at most one chunk of X; never an ``n x k``
-        or ``n x n`` matrix.
+        each for the column mean and the squared norms (and ``len(already_selected) * n * d``
+        for seeding). O(n) extra memory -- three float32 vectors of length n and temporaries
+        of at most one chunk (64 MiB) -- besides the one float32 copy of X made when X is not
+        float32 on the target device already; never an ``n x k`` or ``n x n`` matrix.
     """
     X, n, d, is_tensor = _check_x(X)
     k = _check_k(k)
@@ -122,17 +127,19 @@ def kcenter_greedy(
 def kcenter_radius(X: Any, centres: Sequence[int] | np.ndarray) -> float:
     """Covering radius: the largest Euclidean distance from any row of ``X`` to its nearest centre.
 
-    Computed in float64 by blocks (memory bounded by a few tens of MB); a centre's own distance
-    is exactly 0. ``centres`` are row indices of ``X`` and must not be empty. O(n * m * d) time
-    for m centres.
+    Computed in float64, relative to the column mean, by blocks (memory bounded by a few tens
+    of MB); a centre's own distance is exactly 0. ``centres`` are row indices of ``X`` and must
+    not be empty. O(n * m * d) time for m centres.
     """
     X, n, d, is_tensor = _check_x(X)
     if is_tensor:
-        X = X.detach().cpu().numpy()
+        X = X.detach().cpu().double().numpy()
     idx = _check_indices(centres, n)
     if not idx.size:
         raise ValueError("kcenter_radius: centres must not be empty")
-    C = np.asarray(X[np.sort(idx)], dtype=np.float64)
+    step = max(1, _BLOCK_BYTES // (8 * d))
+    mean = sum(np.asarray(X[s:s + step], dtype=np.float64).sum(axis=0) for s in range(0, n, step)) / n
+    C = np.asarray(X[np.sort(idx)], dtype=np.float64) - mean
     sqc = np.einsum("ij,ij->i", C, C)
     is_centre = np.zeros(n, dtype=bool)
     is_centre[idx] = True
@@ -140,7 +147,7 @@ def kcenter_radius(X: Any, centres: Sequence[int] | np.ndarray) -> float:
     cols = max(1, _BLOCK_BYTES // (8 * rows))
     worst = 0.0
     for s in range(0, n, rows):
-        xb = np.asarray(X[s:s + rows], dtype=np.float64)
+        xb = np.asarray(X[s:s + rows], dtype=np.float64) - mean
         sqx = np.einsum("ij,ij->i", xb, xb)
         best = np.full(xb.shape[0], np.inf)
         for t in range(0, C.shape[0], cols):
@@ -291,26 +298,15 @@ def _kcenter_torch(X, k, already, first, device, chunk_rows, progress, is_tensor
         return _np_tensor(torch, X[sel]).to(dev)
 
     with torch.inference_mode():
-        shift = raw(slice(0, 1))  # sums of x - X[0]: a cheap, cancellation-safe spread estimate
-        s1 = torch.zeros(d, dtype=torch.float64, device=dev)
-        s2 = torch.zeros(d, dtype=torch.float64, device=dev)
-        for s, e in _row_blocks(n, step):
-            xb = raw(slice(s, e)) - shift
-            s1 += xb.sum(dim=0, dtype=torch.float64)
-            s2 += (xb * xb).sum(dim=0, dtype=torch.float64)
-        if not bool(torch.isfinite(s1).all()):
-            for s, e in _row_blocks(n, step):
-                ok = torch.isfinite(raw(slice(s, e))).all(dim=1)
-                if not bool(ok.all()):
-                    raise ValueError(f"kcenter_greedy: X has NaN or inf values (row {s + int(torch.argmin(ok.int()))})")
-        mu = torch.from_numpy(_offset(shift[0].cpu().numpy(), s1.cpu().numpy(), s2.cpu().numpy(), n)).to(dev)
-
-        sqn = torch.empty(n, dtype=torch.float32, device=dev)
-        if chunk_rows is None:  # X whole on the device, centred: the one copy
-            Xd = torch.empty((n, d), dtype=torch.float32, device=dev)
-            for s, e in _row_blocks(n, step):
-                xb = torch.sub(raw(slice(s, e)), mu, out=Xd[s:e])
-                torch.sum(xb * xb, dim=1, out=sqn[s:e])
+        if chunk_rows is None:  # X whole on the device; a copy only if it is not float32 there already
+            if is_tensor:
+                Xd = X.detach().to(device=dev, dtype=torch.float32).contiguous()
+            elif dev.type == "cpu":
+                Xd = _np_tensor(torch, X)
+            else:  # filled chunk by chunk: no full-size host temporary when X is not float32
+                Xd = torch.empty((n, d), dtype=torch.float32, device=dev)
+                for s, e in _row_blocks(n, step):
+                    Xd[s:e] = raw(slice(s, e))
             blocks = [(0, n)]
 
             def block(s: int, e: int):
@@ -318,21 +314,43 @@ def _kcenter_torch(X, k, already, first, device, chunk_rows, progress, is_tensor
 
             def rows(idx):  # idx: 1-D long tensor on the device (no host sync)
                 return Xd.index_select(0, idx)
-        else:  # streamed: each chunk is read, moved and centred when used
+        else:  # streamed: each chunk is read and moved when used
             blocks = _row_blocks(n, chunk_rows)
 
             def block(s: int, e: int):
-                return raw(slice(s, e)) - mu  # never in place: raw() may be a view of X
+                return raw(slice(s, e))
 
             def rows(idx):
-                return raw(idx.cpu().numpy()) - mu
+                return raw(idx.cpu().numpy())
 
-            for s, e in blocks:
-                xb = block(s, e)
-                torch.sum(xb * xb, dim=1, out=sqn[s:e])
+        shift = block(0, 1)  # sums of x - X[0]: a cheap, cancellation-safe spread estimate
+        s1 = torch.zeros(d, dtype=torch.float64, device=dev)
+        s2 = torch.zeros(d, dtype=torch.float64, device=dev)
+        for s, e in _row_blocks(n, step):
+            xb = block(s, e) - shift
+            s1 += xb.sum(dim=0, dtype=torch.float64)
+            s2 += (xb * xb).sum(dim=0, dtype=torch.float64)
+        if not bool(torch.isfinite(s1).all()):
+            for s, e in _row_blocks(n, step):
+                ok = torch.isfinite(block(s, e)).all(dim=1)
+                if not bool(ok.all()):
+                    raise ValueError(f"kcenter_greedy: X has NaN or inf values (row {s + int(torch.argmin(ok.int()))})")
+        mu = torch.from_numpy(_offset(shift[0].cpu().numpy(), s1.cpu().numpy(), s2.cpu().numpy(), n)).to(dev)
+        mu64 = mu.double()
+
+        sqn = torch.empty(n, dtype=torch.float32, device=dev)  # |x - mu|^2
+        for s, e in _row_blocks(n, step):
+            xb = block(s, e) - mu
+            torch.sum(xb * xb, dim=1, out=sqn[s:e])
         if not bool(torch.isfinite(sqn).all()):
             bad = int(torch.nonzero(~torch.isfinite(sqn))[0])
             raise ValueError(f"kcenter_greedy: X has values too large to square in float32 (row {bad})")
+
+        def centres(idx):
+            """Centred centre rows and the per-centre constant |c - mu|^2 + 2 mu.(c - mu)."""
+            C = rows(idx) - mu
+            const = sqn.index_select(0, idx).double() + 2 * (C.double() @ mu64)
+            return C, const.float()
 
         mind = torch.full((n,), float("inf"), dtype=torch.float32, device=dev)
         buf = torch.empty(n, dtype=torch.float32, device=dev)
@@ -340,12 +358,10 @@ def _kcenter_torch(X, k, already, first, device, chunk_rows, progress, is_tensor
         if already.size:  # distances from the existing centres, a few centres at a time
             per = _seed_block(blocks[0][1] - blocks[0][0], already.size)
             for t in range(0, already.size, per):
-                ids = torch.from_numpy(already[t:t + per]).to(dev)
-                C = rows(ids)
-                sqc = sqn.index_select(0, ids)
+                C, const = centres(torch.from_numpy(already[t:t + per]).to(dev))
                 for s, e in blocks:
                     g = block(s, e) @ C.T
-                    g.mul_(-2).add_(sqn[s:e, None]).add_(sqc[None, :]).clamp_(min=0)
+                    g.mul_(-2).add_(sqn[s:e, None]).add_(const[None, :]).clamp_(min=0)
                     torch.minimum(mind[s:e], g.amin(dim=1), out=mind[s:e])
             mind[torch.from_numpy(already).to(dev)] = -1.0
             idx = torch.argmax(mind).view(1)
@@ -359,12 +375,11 @@ def _kcenter_torch(X, k, already, first, device, chunk_rows, progress, is_tensor
                 progress(1)
             if i == k - 1:
                 break
-            c = rows(idx)[0]
-            sqc = sqn.index_select(0, idx)
+            C, const = centres(idx)
             for s, e in blocks:
                 out = buf[s:e]
-                torch.addmv(sqn[s:e], block(s, e), c, alpha=-2, out=out)  # |x|^2 - 2 x.c
-                out.add_(sqc).clamp_(min=0)
+                torch.addmv(sqn[s:e], block(s, e), C[0], alpha=-2, out=out)  # |x - mu|^2 - 2 x.(c - mu)
+                out.add_(const).clamp_(min=0)
                 torch.minimum(mind[s:e], out, out=mind[s:e])
             mind.index_fill_(0, idx, -1.0)  # chosen: never the argmax again
             idx = torch.argmax(mind).view(1)
@@ -381,67 +396,59 @@ def _kcenter_numpy(X, k, already, first, chunk_rows, progress) -> list[int]:
         chunk_rows = max(1, _CHUNK_BYTES // (4 * d))
     step = chunk_rows or max(1, _CHUNK_BYTES // (4 * d))
 
-    def raw(sel) -> np.ndarray:
-        return np.asarray(X[sel], dtype=np.float32)
+    if chunk_rows is None:
+        Xw = np.ascontiguousarray(X, dtype=np.float32)  # a copy only if X is not float32 C-order already
+        blocks = [(0, n)]
+    else:
+        Xw = X
+        blocks = _row_blocks(n, chunk_rows)
 
-    shift = raw(slice(0, 1))
+    def block(s: int, e: int) -> np.ndarray:
+        return np.ascontiguousarray(Xw[s:e], dtype=np.float32)
+
+    def rows(ids) -> np.ndarray:
+        return np.ascontiguousarray(Xw[ids], dtype=np.float32)
+
+    shift = block(0, 1)
     s1 = np.zeros(d, dtype=np.float64)
     s2 = np.zeros(d, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         for s, e in _row_blocks(n, step):
-            xb = raw(slice(s, e)) - shift
+            xb = block(s, e) - shift
             s1 += xb.sum(axis=0, dtype=np.float64)
             s2 += (xb * xb).sum(axis=0, dtype=np.float64)
     if not np.isfinite(s1).all():
         for s, e in _row_blocks(n, step):
-            ok = np.isfinite(raw(slice(s, e))).all(axis=1)
+            ok = np.isfinite(block(s, e)).all(axis=1)
             if not ok.all():
                 raise ValueError(f"kcenter_greedy: X has NaN or inf values (row {s + int(np.argmin(ok))})")
     with np.errstate(over="ignore", invalid="ignore"):
         mu = _offset(shift[0], s1, s2, n)
-
-    sqn = np.empty(n, dtype=np.float32)
-    if chunk_rows is None:  # centred copy of X: the one copy
-        Xd = np.empty((n, d), dtype=np.float32)
+        mu64 = mu.astype(np.float64)
+        sqn = np.empty(n, dtype=np.float32)  # |x - mu|^2
         for s, e in _row_blocks(n, step):
-            xb = np.subtract(raw(slice(s, e)), mu, out=Xd[s:e])
-            np.einsum("ij,ij->i", xb, xb, out=sqn[s:e])
-        blocks = [(0, n)]
-
-        def block(s: int, e: int) -> np.ndarray:
-            return Xd[s:e]
-
-        def rows(ids) -> np.ndarray:
-            return Xd[ids]
-    else:
-        blocks = _row_blocks(n, chunk_rows)
-
-        def block(s: int, e: int) -> np.ndarray:
-            return raw(slice(s, e)) - mu
-
-        def rows(ids) -> np.ndarray:
-            return raw(ids) - mu
-
-        for s, e in blocks:
-            xb = block(s, e)
+            xb = block(s, e) - mu
             np.einsum("ij,ij->i", xb, xb, out=sqn[s:e])
     if not np.isfinite(sqn).all():
         raise ValueError("kcenter_greedy: X has values too large to square in float32 "
                          f"(row {int(np.flatnonzero(~np.isfinite(sqn))[0])})")
+
+    def centres(ids):
+        C = rows(ids) - mu
+        const = sqn[ids].astype(np.float64) + 2 * (C.astype(np.float64) @ mu64)
+        return C, const.astype(np.float32)
 
     mind = np.full(n, np.inf, dtype=np.float32)
     buf = np.empty(n, dtype=np.float32)
     if already.size:
         per = _seed_block(blocks[0][1] - blocks[0][0], already.size)
         for t in range(0, already.size, per):
-            ids = already[t:t + per]
-            C = rows(ids)
-            sqc = sqn[ids]
+            C, const = centres(already[t:t + per])
             for s, e in blocks:
                 g = block(s, e) @ C.T
                 g *= -2
                 g += sqn[s:e, None]
-                g += sqc[None, :]
+                g += const[None, :]
                 np.maximum(g, 0, out=g)
                 np.minimum(mind[s:e], g.min(axis=1), out=mind[s:e])
         mind[already] = -1.0
@@ -456,14 +463,13 @@ def _kcenter_numpy(X, k, already, first, chunk_rows, progress) -> list[int]:
             progress(1)
         if i == k - 1:
             break
-        c = rows(idx)
-        sqc = sqn[idx]
+        C, const = centres([idx])
         for s, e in blocks:
             out = buf[s:e]
-            np.matmul(block(s, e), c, out=out)
+            np.matmul(block(s, e), C[0], out=out)
             out *= -2
-            out += sqn[s:e]  # |x|^2 - 2 x.c
-            out += sqc
+            out += sqn[s:e]  # |x - mu|^2 - 2 x.(c - mu)
+            out += const[0]
             np.maximum(out, 0, out=out)
             np.minimum(mind[s:e], out, out=mind[s:e])
         mind[idx] = -1.0

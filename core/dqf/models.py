@@ -98,13 +98,14 @@ def resolve_model(spec: str, base_dir: str | Path | None = None) -> ModelRef:
     return ModelRef(spec, spec, None, {"hub": spec})
 
 
-def require(module: str, extra: str = "models"):
+def require(module: str, package: str | None = None, extra: str | None = None):
     """Import a heavy optional module, or raise a one-line error with the pip command that installs it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise DqfError(f"this plugin needs the Python package {module!r}; install it with: "
-                       f"pip install 'dqf[{extra}]'") from None
+        from . import missing_dependency
+
+        raise missing_dependency(module, extra=extra, package=package) from None
 
 
 def pick_device(preference: str = "auto"):

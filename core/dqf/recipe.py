@@ -154,7 +154,7 @@ def _pydantic_lines(exc: ValidationError, prefix: str = "") -> list[str]:
     for err in exc.errors():
         loc = loc_path(tuple(err["loc"]))
         key = f"{prefix}.{loc}" if prefix and loc != "(top level)" else (prefix or loc)
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_open, atomic_path
+from .rows import _content_text
 
 OUTPUT_FORMATS = {"jsonl": "jsonl", "json": "json", "parquet": "parquet", "sharegpt": "json"}
 
@@ -23,7 +24,8 @@ def _to_sharegpt(rec: dict[str, Any], canon: dict[str, Any]) -> dict[str, Any]:
     if "messages" in rec:
         roles = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation"}
         out["conversations"] = [
-            {"from": roles.get(m.get("role"), m.get("role")), "value": m.get("content")} for m in rec["messages"]
+            {"from": roles.get(m.get("role"), m.get("role")), "value": _content_text(m.get("content"), "content")}
+            for m in rec["messages"]
         ]
         return out
     prompt = canon["instruction"] + (f"\n\n{canon['input']}" if canon["input"] else "")

@@ -160,8 +160,8 @@ def test_wrong_kind():
     assert "available scorers: heuristic" in msg
 
 
-def test_no_probes_installed_message():
-    host = dqf.build_plugin_manager()
+def test_no_plugins_of_a_kind_message():
+    host = dqf.build_plugin_manager(entry_points=False)
     assert host.names("probe") == []
     with pytest.raises(PluginError, match="available probes: none"):
         host.get("probe", "mods")

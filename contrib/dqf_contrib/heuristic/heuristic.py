@@ -93,7 +93,9 @@ class HeuristicScorer(Scorer):
             .otherwise(0.0)
             .alias("output_repetition"),
             (output.str.strip_chars().str.len_chars() == 0).alias("output_empty"),
-            output.str.to_lowercase().str.contains(refusal).alias("output_refusal"),
+            # Typographic apostrophes are common in model output ("I’m sorry"); match them like ASCII ones.
+            output.str.to_lowercase().str.replace_all("\u2019", "'", literal=True).str.contains(refusal)
+            .alias("output_refusal"),
             (
                 (instr_norm.str.len_chars() >= o.min_copy_chars)
                 & output.str.to_lowercase().str.contains(instr_norm, literal=True)
