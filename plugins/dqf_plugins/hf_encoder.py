@@ -1,0 +1,144 @@
+"""`hf-encoder` embedder: CLS or mean-pooled last hidden states of any Hugging Face encoder (MoDS uses BERT's CLS)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field
+
+from dqf import (BASE_COLUMNS, Embedder, PluginOptions, load_model, load_tokenizer, pick_device, pick_dtype,
+                 resolve_model)
+
+# The embedding cache hands embed() this many batches' worth of texts per call, so sorting a
+# call's texts by length groups similar lengths and dynamic padding wastes little compute.
+_BATCHES_PER_CALL = 8
+# Tokenizers without a known limit report a huge model_max_length (1e30); ignore those.
+_SANE_MAX_LENGTH = 1_000_000
+
+
+class HfEncoderOptions(PluginOptions):
+    model: str = Field(default="bert-base-uncased",
+                       description="Model folder, pkg:NAME (a model shipped in a Python package) or hub id; "
+                                   "loaded with transformers.AutoModel. MoDS uses bert-base-uncased.")
+    pooling: Literal["cls", "mean"] = Field(
+        default="cls", description="cls: the first token's last hidden state (as MoDS); mean: the average over "
+                                   "non-padding tokens (as sentence-transformers models expect).")
+    max_length: int = Field(default=96, gt=0, description="Tokens per text, longer texts are truncated (MoDS: 96).")
+    field: str = Field(default="instruction",
+                       description="Text to embed: instruction, prompt (instruction + input), output, both, "
+                                   "or any string column.")
+    normalize: bool = Field(default=False, description="Scale every vector to unit L2 norm.")
+    batch_size: int = Field(default=64, gt=0, description="Texts per forward pass.")
+    device: str = Field(default="auto", description="auto (cuda, then mps, then cpu) or a torch device string.")
+    # float32 by default, as the reference runs BERT: k-center distances are sensitive to rounding.
+    dtype: Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] = Field(
+        default="float32", description="Weights' dtype; auto: bf16/fp16 on accelerators, fp32 on CPU. "
+                                       "Vectors are returned as float32 either way.")
+
+
+class HfEncoderEmbedder(Embedder):
+    """Embed texts with a transformers encoder: sorted by length, dynamically padded, CLS or masked-mean pooled."""
+
+    name = "hf-encoder"
+    version = "1"
+    Options = HfEncoderOptions
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.batch_size = self.options.batch_size * _BATCHES_PER_CALL
+        self._ref = None
+        self.model = None
+        self.tokenizer = None
+        self.device = None
+        self._max_length = self.options.max_length
+
+    def ref(self):
+        if self._ref is None:
+            self._ref = resolve_model(self.options.model)
+        return self._ref
+
+    def identity(self):
+        return {"model": self.ref().identity}
+
+    def cache_key(self):
+        # batch_size changes speed, not the vectors (padding is masked out), so it must not
+        # invalidate cached embeddings of a large pool.
+        payload = {
+            "plugin": self.name,
+            "version": self.version,
+            "options": self.options.model_dump(mode="json", exclude={"batch_size"}),
+            "identity": self.identity(),
+        }
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
+
+    def requires(self):
+        field = self.options.field
+        return set() if field in BASE_COLUMNS or field in ("prompt", "both") else {field}
+
+    def setup(self):
+        if self.model is not None:
+            return
+        ref = self.ref()
+        self.device = pick_device(self.options.device)
+        dtype = pick_dtype(self.device, self.options.dtype)
+        tok = load_tokenizer(ref)
+        # CLS pooling reads position 0, so padding must go on the right whatever the tokenizer's default.
+        tok.padding_side = "right"
+        if tok.pad_token_id is None:  # decoder-style tokenizers; padded positions are masked anyway
+            tok.pad_token = tok.eos_token or tok.unk_token
+        self.tokenizer = tok
+        self.model = load_model(ref, "AutoModel", device=self.device, dtype=dtype)
+        limits = [self.options.max_length]
+        if 0 < (tok.model_max_length or 0) < _SANE_MAX_LENGTH:
+            limits.append(int(tok.model_max_length))
+        else:  # no tokenizer limit: positions past the model's table would fail with an index error
+            n_pos = getattr(self.model.config, "max_position_embeddings", None)
+            if isinstance(n_pos, int) and n_pos > 0:
+                limits.append(n_pos)
+        self._max_length = min(limits)
+
+    def embed(self, texts):
+        import numpy as np
+        import torch
+
+        self.setup()
+        hidden = int(self.model.config.hidden_size)
+        if not texts:
+            return np.zeros((0, hidden), dtype=np.float32)
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self._max_length, padding=False)
+        ids = enc["input_ids"]
+        types = enc.get("token_type_ids")
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.empty((len(ids), hidden), dtype=np.float32)
+        pad = self.tokenizer.pad_token_id
+        bs = self.options.batch_size
+        with torch.inference_mode():
+            for s in range(0, len(order), bs):
+                chunk = order[s:s + bs]
+                width = max(len(ids[i]) for i in chunk)
+                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                token_types = torch.zeros((len(chunk), width), dtype=torch.long) if types is not None else None
+                for r, i in enumerate(chunk):
+                    n = len(ids[i])
+                    input_ids[r, :n] = torch.tensor(ids[i], dtype=torch.long)
+                    mask[r, :n] = 1
+                    if token_types is not None:
+                        token_types[r, :n] = torch.tensor(types[i], dtype=torch.long)
+                inputs = {"input_ids": input_ids, "attention_mask": mask}
+                if token_types is not None:
+                    inputs["token_type_ids"] = token_types
+                inputs = {k: v.to(self.device) for k, v in inputs.items()}
+                h = self.model(**inputs).last_hidden_state.float()
+                if self.options.pooling == "cls":
+                    vec = h[:, 0]
+                else:  # masked mean, so a text's vector does not depend on how much padding its batch has
+                    m = inputs["attention_mask"].unsqueeze(-1).to(h.dtype)
+                    vec = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+                if self.options.normalize:
+                    vec = torch.nn.functional.normalize(vec, p=2, dim=-1)
+                out[np.asarray(chunk)] = vec.cpu().numpy()
+        return out
