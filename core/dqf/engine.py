@@ -74,6 +74,15 @@ class Engine:
 
     # -- public -----------------------------------------------------------------------
     def run(self) -> RunResult:
+        from .models import recipe_dir
+
+        token = recipe_dir.set(self.recipe.base_dir.resolve())  # relative model paths resolve against the recipe
+        try:
+            return self._run()
+        finally:
+            recipe_dir.reset(token)
+
+    def _run(self) -> RunResult:
         import polars as pl
 
         total = Timer()
@@ -86,7 +95,7 @@ class Engine:
             t = Timer()
             try:
                 read = read_input(self.recipe.input_path, fmt=inp.format, fields=inp.fields,
-                                  on_bad_row=inp.on_bad_row, limit=self.limit, progress=lambda n: advance(4096))
+                                  on_bad_row=inp.on_bad_row, limit=self.limit, progress=advance)
             except DataError as exc:  # say which recipe pointed at the missing or empty input
                 raise DataError(*[f"{self.recipe.path}: {line}" if line.startswith("input.path") else line
                                   for line in exc.lines]) from None
@@ -199,7 +208,7 @@ class Engine:
         entry = self.cache.entry(scorer, upstream)
         cached = entry.load(cols)
         if cached is not None:
-            hits = sub.select(key, "id").join(cached, on="id", how="inner")
+            hits = sub.select(*dict.fromkeys([key, "id"])).join(cached, on="id", how="inner")  # key may be "id"
             todo = sub.filter(~pl.col("id").is_in(cached["id"].implode()))
         else:
             hits = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -70,6 +71,10 @@ def _identity(path: Path, gguf_file: str | None) -> dict[str, Any]:
     return {"files": h.hexdigest()}
 
 
+#: Folder relative model paths resolve against: the recipe's, while dqf loads or runs one.
+recipe_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("dqf_recipe_dir", default=None)
+
+
 def resolve_model(spec: str, base_dir: str | Path | None = None) -> ModelRef:
     """Resolve a model name from a recipe.
 
@@ -85,6 +90,7 @@ def resolve_model(spec: str, base_dir: str | Path | None = None) -> ModelRef:
         path, gguf = _find_model_in(root, spec)
         return ModelRef(spec, str(path), gguf, _identity(path, gguf))
     p = Path(spec).expanduser()
+    base_dir = base_dir if base_dir is not None else recipe_dir.get()
     if not p.is_absolute() and base_dir is not None and (Path(base_dir) / p).exists():
         p = Path(base_dir) / p
     if p.is_file() and p.suffix == ".gguf":

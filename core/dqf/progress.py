@@ -40,9 +40,18 @@ class RichReporter(Reporter):
                 speed = task.finished_speed or task.speed
                 return Text(f"{speed:,.0f} rows/s" if speed else "", style="progress.data.speed")
 
+        if not self.console.is_terminal:
+            # Logs (CI, nohup) get one line per finished task instead of a redrawn bar; a failed task
+            # prints nothing here, so an error stays the only line.
+            done = [0]
+            start = time.perf_counter()
+            yield lambda n=1: done.__setitem__(0, done[0] + n)
+            secs = time.perf_counter() - start
+            rate = f", {done[0] / secs:,.1f} rows/s" if done[0] and secs > 0 else ""
+            self.console.print(f"{description}: done in {secs:.1f}s ({done[0]:,} rows{rate})", highlight=False)
+            return
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RowsPerSecond(),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
-                      disable=not self.console.is_terminal) as prog:
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False) as prog:
             tid = prog.add_task(description, total=total)
             yield lambda n=1: prog.advance(tid, n)
             prog.update(tid, completed=total if total is not None else prog.tasks[0].completed)

@@ -180,10 +180,12 @@ def read_input(
             cols["_source"].append(source)
             cols["_raw"].append(json.dumps(rec, ensure_ascii=False))
             if progress is not None and result.rows_read % 4096 == 0:
-                progress(result.rows_read)
+                progress(4096)
         result.files.append({"path": display_path(fpath), "sha256": digest, "rows": n_file})
         if limit is not None and result.rows_read >= limit:
             break
+    if progress is not None:
+        progress(result.rows_read % 4096)
     if result.rows_read == 0:
         raise DataError(f"input.path: {display_path(Path(path))} has no rows")
     if not ids:

@@ -212,6 +212,16 @@ def load_recipe(path: str | Path, host_factory, *, overrides: dict | None = None
         host = host_factory(local)
     except PluginError as exc:
         raise RecipeError(*[f"{label}: plugins: {line}" for line in exc.lines]) from None
+    from .models import recipe_dir
+
+    token = recipe_dir.set(path.parent.resolve())  # plugins resolve relative model paths against the recipe
+    try:
+        return _validate(path, label, raw, model, host, errors)
+    finally:
+        recipe_dir.reset(token)
+
+
+def _validate(path, label, raw, model, host, errors):
 
     steps: list[Step] = []
     seen: dict[str, int] = {}

@@ -5,7 +5,13 @@ from dqf import hookimpl
 
 @hookimpl
 def dqf_register_scorers(register):
-    pass
+    from .reward_model import RewardModelScorer
+
+    register(RewardModelScorer)
+
+    from .reference_similarity import ReferenceSimilarityScorer
+
+    register(ReferenceSimilarityScorer)
 
 
 @hookimpl
@@ -18,12 +24,20 @@ def dqf_register_selectors(register):
     register(TopKSelector)
     register(RandomSelector)
 
+    from .kcenter import KCenterSelector
+
+    register(KCenterSelector)
+
 
 @hookimpl
 def dqf_register_probes(register):
-    pass
+    from .mods_necessity import ModsNecessityProbe
+
+    register(ModsNecessityProbe)
 
 
 @hookimpl
 def dqf_register_embedders(register):
-    pass
+    from .hf_encoder import HfEncoderEmbedder
+
+    register(HfEncoderEmbedder)
