@@ -89,3 +89,30 @@ def tiny_llama(path: Path, seed: int = 0) -> Path:
                       pad_token_id=vocab.index("[PAD]"), bos_token_id=vocab.index("<s>"),
                       eos_token_id=vocab.index("</s>"), tie_word_embeddings=True)
     return _save(LlamaForCausalLM(cfg), path, path, chat=True)
+
+
+def tiny_reward_model(path: Path, pairs: list[tuple[str, str]], seed: int = 0) -> Path:
+    """A tiny DeBERTa-v2 reward model whose scores spread over about a unit, centred so half of ``pairs`` score > 0.
+
+    Random models at the usual init give near-constant scores, which would make thresholds
+    like MoDS's ``reward > 0.0`` and parity checks vacuous.
+    """
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    n = len(_vocab())
+    cfg = DebertaV2Config(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=128, num_labels=1, pad_token_id=0,
+                          relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16,
+                          initializer_range=0.2)
+    model = DebertaV2ForSequenceClassification(cfg).eval()
+    save_tokenizer(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    with torch.no_grad():
+        scores = [model(**tok(q, a, truncation=True, max_length=128, return_tensors="pt")).logits[0, 0].item()
+                  for q, a in pairs]
+        model.classifier.bias -= float(np.median(scores))
+    model.save_pretrained(path)
+    return path

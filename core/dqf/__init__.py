@@ -22,6 +22,8 @@ __all__ = [
     "StepContext",
     "BASE_COLUMNS",
     "row_texts",
+    "length_batches",
+    "collate",
     "kcenter_greedy",
     "kcenter_radius",
     "ModelRef",
@@ -80,6 +82,7 @@ def missing_dependency(module: str, extra: str | None = None, package: str | Non
 
 _LAZY = {
     "kcenter_greedy": "kcenter", "kcenter_radius": "kcenter",
+    "length_batches": "batching", "collate": "batching",
     "ModelRef": "models", "resolve_model": "models", "load_model": "models", "load_tokenizer": "models",
     "pick_device": "models", "pick_dtype": "models", "require": "models",
 }

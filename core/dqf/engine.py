@@ -205,7 +205,10 @@ class Engine:
 
         what = what or f"scorer {scorer.name!r}"
         cols = list(columns)
-        entry = self.cache.entry(scorer, upstream)
+        try:
+            entry = self.cache.entry(scorer, upstream)  # the key may resolve the scorer's model
+        except DqfError as exc:
+            raise DqfError(*[f"{label}: {line}" for line in exc.lines]) from None
         cached = entry.load(cols)
         if cached is not None:
             hits = sub.select(*dict.fromkeys([key, "id"])).join(cached, on="id", how="inner")  # key may be "id"
@@ -216,7 +219,10 @@ class Engine:
         pieces = [hits.drop("id") if key != "id" else hits] if hits is not None and hits.height else []
         if todo.height:
             if id(scorer) not in self._setup_done:
-                scorer.setup()
+                try:
+                    scorer.setup()
+                except DqfError as exc:  # say which step's model failed to load
+                    raise DqfError(*[f"{label}: {line}" for line in exc.lines]) from None
                 self._setup_done.add(id(scorer))
             bs = batch_size or scorer.batch_size
             view = ["id", *[c for c in BASE_COLUMNS if c != "id"], *sorted(scorer.requires())]

@@ -95,6 +95,10 @@ def resolve_model(spec: str, base_dir: str | Path | None = None) -> ModelRef:
         p = Path(base_dir) / p
     if p.is_file() and p.suffix == ".gguf":
         return ModelRef(spec, str(p.parent), p.name, _identity(p.parent, p.name))
+    if p.is_absolute() or spec.startswith((".", "~")):
+        if not p.exists():  # path-shaped: sending it to the hub would only fail later with a hub message
+            where = f" (relative to {base_dir})" if base_dir is not None and not Path(spec).is_absolute() else ""
+            raise DqfError(f"model {spec!r}: no such folder or file{where}")
     if p.is_dir():
         gguf = None
         if not (p / "config.json").exists():
@@ -158,7 +162,7 @@ def _dequantized_copy(ref: ModelRef, auto_cls, cache_dir: Path) -> Path:
     target = Path(cache_dir) / "models" / f"{Path(ref.gguf_file).stem}-{key}"
     if (target / "config.json").exists():
         return target
-    transformers = require("transformers")
+    transformers = _transformers()
     tok = transformers.AutoTokenizer.from_pretrained(ref.path, gguf_file=ref.gguf_file)
     loaded = auto_cls.from_pretrained(ref.path, gguf_file=ref.gguf_file)
     config = loaded.config
@@ -178,8 +182,14 @@ def _dequantized_copy(ref: ModelRef, auto_cls, cache_dir: Path) -> Path:
     return target
 
 
-def load_tokenizer(ref: ModelRef, cache_dir: Path | None = None, **kwargs):
+def _transformers():
     transformers = require("transformers")
+    transformers.utils.logging.disable_progress_bar()  # dqf shows its own progress; per-file bars are noise
+    return transformers
+
+
+def load_tokenizer(ref: ModelRef, cache_dir: Path | None = None, **kwargs):
+    transformers = _transformers()
     try:
         if ref.gguf_file:
             path = _dequantized_copy(ref, transformers.AutoModelForCausalLM, cache_dir) if cache_dir else ref.path
@@ -197,8 +207,7 @@ def load_model(ref: ModelRef, auto_class: str, *, device=None, dtype=None, cache
 
     GGUF files are dequantized once into ``cache_dir`` (so later loads are plain safetensors).
     """
-    transformers = require("transformers")
-    transformers.utils.logging.disable_progress_bar()  # dqf shows its own progress; per-file bars are noise
+    transformers = _transformers()
     auto_cls = getattr(transformers, auto_class)
     try:
         path = ref.path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from dqf import DqfError
+from dqf import DqfError, collate, length_batches
 
 #: The Stanford Alpaca prompts, which MoDS trains and generates with.
 ALPACA_PROMPT_INPUT = (
@@ -89,20 +89,13 @@ def generate(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: 
     # Deterministic decoding: unset the sampling knobs a checkpoint may ship, so no warning and no sampling.
     config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
                               pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=tokenizer.bos_token_id)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[str | None] = [None] * len(prompts)
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            pos = order[start:start + batch_size]
-            width = max(len(prompts[i]) for i in pos)
-            ids = torch.full((len(pos), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(pos), width), dtype=torch.long)
-            for row, i in enumerate(pos):
-                p = prompts[i]
-                if p:
-                    ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-                    mask[row, width - len(p):] = 1
+        # Longest first, so a batch that does not fit in memory fails at once rather than at the end.
+        for pos in length_batches([len(p) for p in prompts], batch_size, descending=True):
+            batch = collate([{"input_ids": prompts[i]} for i in pos], pad_id, side="left")
+            ids, mask, width = batch["input_ids"], batch["attention_mask"], batch["input_ids"].shape[1]
             seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
             texts = [t.strip() for t in tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)]
             for i, t in zip(pos, texts):

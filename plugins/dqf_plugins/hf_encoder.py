@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from dqf import (BASE_COLUMNS, Embedder, PluginOptions, load_model, load_tokenizer, pick_device, pick_dtype,
-                 resolve_model)
+from dqf import (BASE_COLUMNS, Embedder, PluginOptions, collate, length_batches, load_model, load_tokenizer,
+                 pick_device, pick_dtype, resolve_model)
 
 # The embedding cache hands embed() this many batches' worth of texts per call, so sorting a
 # call's texts by length groups similar lengths and dynamic padding wastes little compute.
@@ -111,26 +111,13 @@ class HfEncoderEmbedder(Embedder):
         enc = self.tokenizer(list(texts), truncation=True, max_length=self._max_length, padding=False)
         ids = enc["input_ids"]
         types = enc.get("token_type_ids")
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out = np.empty((len(ids), hidden), dtype=np.float32)
-        pad = self.tokenizer.pad_token_id
-        bs = self.options.batch_size
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with torch.inference_mode():
-            for s in range(0, len(order), bs):
-                chunk = order[s:s + bs]
-                width = max(len(ids[i]) for i in chunk)
-                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                token_types = torch.zeros((len(chunk), width), dtype=torch.long) if types is not None else None
-                for r, i in enumerate(chunk):
-                    n = len(ids[i])
-                    input_ids[r, :n] = torch.tensor(ids[i], dtype=torch.long)
-                    mask[r, :n] = 1
-                    if token_types is not None:
-                        token_types[r, :n] = torch.tensor(types[i], dtype=torch.long)
-                inputs = {"input_ids": input_ids, "attention_mask": mask}
-                if token_types is not None:
-                    inputs["token_type_ids"] = token_types
+            for chunk in length_batches([len(x) for x in ids], self.options.batch_size):
+                rows = [{"input_ids": ids[i], **({"token_type_ids": types[i]} if types is not None else {})}
+                        for i in chunk]
+                inputs = collate(rows, pad, side="right")  # right: the CLS vector must sit at position 0
                 inputs = {k: v.to(self.device) for k, v in inputs.items()}
                 h = self.model(**inputs).last_hidden_state.float()
                 if self.options.pooling == "cls":

@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from dqf import (DqfError, PluginOptions, Scorer, load_model, load_tokenizer, pick_device, pick_dtype, require,
-                 resolve_model, row_texts)
+from dqf import (DqfError, PluginOptions, Scorer, collate, length_batches, load_model, load_tokenizer, pick_device,
+                 pick_dtype, require, resolve_model, row_texts)
 
 DEFAULT_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
 
@@ -56,21 +56,7 @@ MAX_PADDING = 0.25
 
 def sub_batches(lengths, batch_size: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
     """Positions grouped for forward passes: sorted by length, at most ``batch_size`` each, padding capped."""
-    import numpy as np
-
-    out: list[list[int]] = []
-    cur: list[int] = []
-    real = 0
-    for i in np.argsort(lengths, kind="stable").tolist():
-        n = lengths[i]  # ascending order: the newcomer is the longest, so it sets the padded width
-        if cur and (len(cur) >= batch_size or n * (len(cur) + 1) > (1 + max_padding) * (real + n)):
-            out.append(cur)
-            cur, real = [], 0
-        cur.append(i)
-        real += n
-    if cur:
-        out.append(cur)
-    return out
+    return length_batches(lengths, batch_size, max_padding=max_padding)
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -138,11 +124,6 @@ class RewardModelScorer(Scorer):
         if self._model is not None:
             return
         torch = require("torch")
-        spec = self.options.model
-        local = Path(spec).expanduser()
-        if (local.is_absolute() or spec.startswith((".", "~"))) and not local.exists():
-            # a path-shaped name that is missing would otherwise be sent to the hub and fail with a hub message
-            raise DqfError(f"reward-model: model {spec!r}: no such folder or file")
         ref = self._model_ref()
         device, dtype = self._device_and_dtype()
         if self.options.quantize == "int8" and device.type != "cpu":
@@ -198,21 +179,8 @@ class RewardModelScorer(Scorer):
         return rows
 
     def _collate(self, rows):
-        """Pad a sub-batch to its own longest row; the mask comes from the lengths so padding is never attended to."""
-        torch = require("torch")
-        width = max(len(r["input_ids"]) for r in rows)
         pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        left = self._tokenizer.padding_side == "left"
-        keys = [k for k in rows[0] if k != "attention_mask"]
-        out = {k: torch.full((len(rows), width), pad_id if k == "input_ids" else 0, dtype=torch.long) for k in keys}
-        out["attention_mask"] = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            span = slice(width - n, width) if left else slice(0, n)
-            for k in keys:
-                out[k][i, span] = torch.tensor(r[k], dtype=torch.long)
-            out["attention_mask"][i, span] = 1
-        return out
+        return collate(rows, pad_id, side=self._tokenizer.padding_side)
 
     def score(self, batch):
         import numpy as np

@@ -76,23 +76,10 @@ def RM():
 
 
 @pytest.fixture(scope="module")
-def varied(tiny_models, tmp_path_factory):
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+def varied(tmp_path_factory):
+    import tiny_models as tm
 
-    src = tiny_models["deberta"]
-    cfg = AutoConfig.from_pretrained(src)
-    cfg.initializer_range = 0.2
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(cfg).eval()
-    tok = AutoTokenizer.from_pretrained(src)
-    path = tmp_path_factory.mktemp("rm") / "varied"
-    tok.save_pretrained(path)
-    centre = float(np.median(one_pair_loop(path, ROWS, model=model)))
-    with torch.no_grad():  # half the pool above zero, so `where = "reward > 0.0"` splits it
-        model.classifier.bias -= centre
-    model.save_pretrained(path)
-    return path
+    return tm.tiny_reward_model(tmp_path_factory.mktemp("rm") / "varied", [(mods_question(r), r["output"]) for r in ROWS])
 
 
 @pytest.fixture(scope="module")
@@ -304,5 +291,29 @@ def test_missing_model_is_one_line_error(write_jsonl, write_recipe, tmp_path, ca
     assert code.value.code == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("dqf: error")]  # progress lines may precede it
-    assert len(errors) == 1 and errors[0].startswith("dqf: error: reward-model: model")
+    assert len(errors) == 1 and errors[0].startswith("dqf: error: ") and "(reward-model)" in errors[0]
+    assert "no-such-model': no such folder or file" in errors[0]
     assert "Traceback" not in err
+
+
+def test_relative_model_path_resolves_against_the_recipe_not_the_cwd(varied, tmp_path, monkeypatch):
+    import shutil
+
+    (tmp_path / "proj" / "models").mkdir(parents=True)
+    shutil.copytree(varied, tmp_path / "proj" / "models" / "rm")
+    (tmp_path / "proj" / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS[:4]), encoding="utf-8")
+    path = tmp_path / "proj" / "recipe.toml"
+    path.write_text('''name = "rel"
+[input]
+path = "pool.jsonl"
+[output]
+dir = "out"
+[[steps]]
+id = "q"
+score = { plugin = "reward-model", model = "./models/rm" }
+''', encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = dqf.run(path)
+    assert result.rows["reward"].null_count() == 0 and result.rows.height == 4
