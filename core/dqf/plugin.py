@@ -58,11 +58,20 @@ class Plugin:
     Options: ClassVar[type[PluginOptions]] = PluginOptions
     #: Option fields holding a :class:`PluginSpec`, and the kind of plugin each must name.
     nested_plugins: ClassVar[dict[str, str]] = {}
+    #: Options that change speed but not results (e.g. ``batch_size``): left out of the cache key.
+    cache_ignore: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: PluginOptions | None = None):
         self.options = options if options is not None else self.Options()
         #: Instances of the plugins named in ``nested_plugins`` fields, set by the recipe loader.
         self.nested: dict[str, Plugin] = {}
+
+    def check(self) -> None:
+        """Validate what options alone cannot (e.g. a nested judge's columns); raise ``ValueError`` with a message.
+
+        Called by the recipe loader after nested plugins are built, so ``dqf validate`` reports
+        the problem with its key path instead of a run failing hours in.
+        """
 
     def stats(self) -> dict[str, Any]:
         """Counters recorded in the manifest after the step ran (e.g. rows truncated)."""
@@ -87,7 +96,7 @@ class Plugin:
         payload = {
             "plugin": self.name,
             "version": self.version,
-            "options": self.options.model_dump(mode="json"),
+            "options": self.options.model_dump(mode="json", exclude=set(self.cache_ignore)),
             "identity": self.identity(),
             "nested": {k: p.cache_key() for k, p in sorted(self.nested.items())},
         }

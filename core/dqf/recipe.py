@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
-from .errors import PluginError, RecipeError
+from .errors import DqfError, PluginError, RecipeError
 from .plugin import BASE_COLUMNS, Plugin, Probe, Scorer, Selector
 
 STEP_KINDS = ("score", "select", "probe")
@@ -312,6 +312,12 @@ def instantiate(host, kind: str, spec: Any, keypath: str, errors: list[str]) -> 
             ok = False
         else:
             plugin.nested[fname] = child
+    if ok:
+        try:
+            plugin.check()
+        except (ValueError, DqfError) as exc:
+            errors.append(f"{keypath}: {exc}")
+            return None
     return plugin if ok else None
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Literal
 
 from pydantic import Field
@@ -44,6 +42,9 @@ class HfEncoderEmbedder(Embedder):
     name = "hf-encoder"
     version = "1"
     Options = HfEncoderOptions
+    # batch_size changes speed, not the vectors (padding is masked out), so it must not invalidate
+    # cached embeddings of a large pool.
+    cache_ignore = frozenset({"batch_size"})
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -61,18 +62,6 @@ class HfEncoderEmbedder(Embedder):
 
     def identity(self):
         return {"model": self.ref().identity}
-
-    def cache_key(self):
-        # batch_size changes speed, not the vectors (padding is masked out), so it must not
-        # invalidate cached embeddings of a large pool.
-        payload = {
-            "plugin": self.name,
-            "version": self.version,
-            "options": self.options.model_dump(mode="json", exclude={"batch_size"}),
-            "identity": self.identity(),
-        }
-        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
-        return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
 
     def requires(self):
         field = self.options.field

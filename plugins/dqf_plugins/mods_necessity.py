@@ -155,6 +155,11 @@ class ModsNecessityProbe(Probe):
                                                                        digest_size=8).digest())
         return sorted(rank[:self.options.limit])
 
+    def check(self):
+        judge = self.nested.get("judge")
+        if judge is not None:
+            self._judge_column(judge)
+
     def _judge_column(self, judge) -> str:
         """The judge column that becomes `necessity`, checked before any expensive work starts."""
         import polars as pl

@@ -77,6 +77,7 @@ class RewardModelScorer(Scorer):
     name = "reward-model"
     version = "1"
     Options = RewardModelOptions
+    cache_ignore = frozenset({"batch_size"})  # speed only: padding is masked, scores equal within fp noise
     # Large engine batches give the length sort many rows to group; the forward-pass size is options.batch_size.
     batch_size = 512
 

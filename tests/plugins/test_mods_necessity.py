@@ -375,6 +375,8 @@ def test_limit_probes_a_seeded_subset_with_heuristic_judge_and_full_finetune(tmp
 
 def test_judge_with_several_columns_needs_judge_column_and_fails_before_training(tmp_path, mods, isolated_cache):
     probe = 'train_on = "seed", judge = { plugin = "heuristic" }, max_new_tokens = 4'
+    with pytest.raises(dqf.RecipeError, match=r"steps\[2\]\.probe: .*several columns.*set judge_column"):
+        dqf.validate(mods(probe=probe, name="r0.toml"))  # caught by `dqf validate`, before any data is read
     with pytest.raises(DqfError, match="several columns.*set judge_column"):
         dqf.run(mods(probe=probe), run_dir=tmp_path / "a")
     assert artifacts(isolated_cache, "model") == [] and artifacts(isolated_cache, "gen") == []
