@@ -125,10 +125,14 @@ class Engine:
 
             reason = None
             kept = sub
+            null_idx = None
             if step.where is not None:
-                mask = sub.select(pl.sql_expr(step.where).fill_null(False).alias("m"))["m"]
-                kept = sub.filter(mask)
+                raw_mask = sub.select(pl.sql_expr(step.where).alias("m"))["m"]
+                kept = sub.filter(raw_mask.fill_null(False))
                 reason = f"where: {step.where}"
+                # A null predicate (e.g. a probe that did not score the row) is a different story from a
+                # false one, so the row's reason says so.
+                null_idx = sub.filter(raw_mask.is_null())["_idx"]
             if isinstance(step.plugin, Selector):
                 dropped_where = sub.filter(~pl.col("_idx").is_in(kept["_idx"].implode()))
                 picked = self._run_selector(step, kept, table, results)
@@ -138,6 +142,8 @@ class Engine:
                 kept = kept_final
             else:
                 status[step.id] = _status_column(n, sub["_idx"], kept["_idx"], reason or "")
+            if null_idx is not None and null_idx.len():
+                status[step.id] = status[step.id].scatter(null_idx, f"where: {step.where} (null)")
             results[step.id] = kept["_idx"].sort()
             step_reports.append({
                 "id": step.id, "kind": step.kind, "plugin": step.plugin.name, "from": step.source,

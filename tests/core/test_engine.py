@@ -410,3 +410,35 @@ def test_quickstart_selects_200(tmp_path):
     sel = rows.filter("selected")
     assert sel.height == 200
     assert sel["output_words"].min() >= ok.filter(~pl.col("selected"))["output_words"].max()
+
+
+def test_a_null_where_predicate_is_reported_apart_from_a_false_one(write_jsonl, write_recipe):
+    rows = [{"instruction": "Say hi.", "output": "hi there friend"},
+            {"instruction": "Say nothing.", "output": ""},          # no words: output_ttr is null
+            {"instruction": "Repeat.", "output": "a a a a a a a a"}]  # ttr 0.125
+    write_jsonl(rows)
+    recipe = write_recipe("""
+        name = "nulls"
+        [input]
+        path = "pool.jsonl"
+        [output]
+        dir = "out"
+        [[steps]]
+        id = "h"
+        score = { plugin = "heuristic" }
+        where = "output_ttr > 0.5"
+    """)
+    result = dqf.run(recipe)
+    by_out = dict(zip(result.selected["output"], result.selected["id"]))
+    assert list(by_out) == ["hi there friend"]
+    reasons = dict(zip(result.rows["id"], result.rows["reason"]))
+    ids = {r["output"]: dqf_row_id(r) for r in rows}
+    assert reasons[ids[""]] == "where: output_ttr > 0.5 (null)"
+    assert reasons[ids["a a a a a a a a"]] == "where: output_ttr > 0.5"
+    assert reasons[ids["hi there friend"]] is None
+
+
+def dqf_row_id(row):
+    from dqf.rows import canonicalize
+
+    return canonicalize(row).id
