@@ -33,6 +33,7 @@ __all__ = [
     "pick_device",
     "pick_dtype",
     "require",
+    "answer_losses",
     "DqfError",
     "DataError",
     "PluginError",
@@ -85,6 +86,7 @@ _LAZY = {
     "length_batches": "batching", "collate": "batching",
     "ModelRef": "models", "resolve_model": "models", "load_model": "models", "load_tokenizer": "models",
     "pick_device": "models", "pick_dtype": "models", "require": "models",
+    "answer_losses": "lm",
 }
 
 

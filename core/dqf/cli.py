@@ -34,7 +34,7 @@ def cli(ctx, debug):
 @click.option("--out", "out", type=click.Path(path_type=Path), help="Output directory (overrides output.dir).")
 @click.option("--limit", type=click.IntRange(min=1), help="Read only the first N input rows.")
 @click.option("--no-cache", is_flag=True, help="Recompute every score and store nothing.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="Score cache directory (default: $DQF_CACHE_DIR or ~/.cache/dqf).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Score cache directory (default: $DQF_CACHE_DIR, else $XDG_CACHE_HOME/dqf or ~/.cache/dqf).")
 def run(recipe, out, limit, no_cache, cache_dir):
     """Run RECIPE and write selected.*, rows.parquet and manifest.json."""
     from . import load_recipe
@@ -61,7 +61,7 @@ def validate(recipe):
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print name, kind, options schema, distribution and module as JSON.")
 def plugins(as_json):
-    """List installed scorers, selectors and probes."""
+    """List installed scorers, selectors, probes and embedders."""
     from . import build_plugin_manager
     from .plugins import describe_plugins
 
@@ -83,13 +83,13 @@ def plugins(as_json):
 
 @cli.group()
 def cache():
-    """Inspect or clear the score cache."""
+    """Inspect or clear the cache (scores, embeddings, fine-tuned artifacts, converted models)."""
 
 
 @cache.command("clear")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache directory (default: $DQF_CACHE_DIR or ~/.cache/dqf).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache directory (default: $DQF_CACHE_DIR, else $XDG_CACHE_HOME/dqf or ~/.cache/dqf).")
 def cache_clear(cache_dir):
-    """Delete every cached score."""
+    """Delete everything dqf cached (scores, embeddings, artifacts, models)."""
     from .cache import ScoreCache
 
     c = ScoreCache(cache_dir)

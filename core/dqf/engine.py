@@ -74,12 +74,14 @@ class Engine:
 
     # -- public -----------------------------------------------------------------------
     def run(self) -> RunResult:
-        from .models import recipe_dir
+        from .models import recipe_dir, run_cache_dir
 
         token = recipe_dir.set(self.recipe.base_dir.resolve())  # relative model paths resolve against the recipe
+        cache_token = run_cache_dir.set(self.cache.root)  # GGUF models are converted once, into this run's cache
         try:
             return self._run()
         finally:
+            run_cache_dir.reset(cache_token)
             recipe_dir.reset(token)
 
     def _run(self) -> RunResult:

@@ -73,6 +73,8 @@ def _identity(path: Path, gguf_file: str | None) -> dict[str, Any]:
 
 #: Folder relative model paths resolve against: the recipe's, while dqf loads or runs one.
 recipe_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("dqf_recipe_dir", default=None)
+#: The running engine's cache root: where GGUF checkpoints are dequantized once when a plugin passes no cache_dir.
+run_cache_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("dqf_run_cache_dir", default=None)
 
 
 def resolve_model(spec: str, base_dir: str | Path | None = None) -> ModelRef:
@@ -190,6 +192,7 @@ def _transformers():
 
 def load_tokenizer(ref: ModelRef, cache_dir: Path | None = None, **kwargs):
     transformers = _transformers()
+    cache_dir = cache_dir if cache_dir is not None else run_cache_dir.get()
     try:
         if ref.gguf_file:
             path = _dequantized_copy(ref, transformers.AutoModelForCausalLM, cache_dir) if cache_dir else ref.path
@@ -209,6 +212,7 @@ def load_model(ref: ModelRef, auto_class: str, *, device=None, dtype=None, cache
     """
     transformers = _transformers()
     auto_cls = getattr(transformers, auto_class)
+    cache_dir = cache_dir if cache_dir is not None else run_cache_dir.get()
     try:
         path = ref.path
         extra = {}
