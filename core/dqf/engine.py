@@ -260,8 +260,6 @@ class Engine:
 
     @staticmethod
     def _attach(table, scored):
-        import polars as pl
-
         if scored is None:
             return table
         return table.join(scored, on="_idx", how="left").sort("_idx")

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -65,6 +65,16 @@ class Plugin:
         self.options = options if options is not None else self.Options()
         #: Instances of the plugins named in ``nested_plugins`` fields, set by the recipe loader.
         self.nested: dict[str, Plugin] = {}
+
+    def nested_plugin(self, field: str) -> "Plugin":
+        """The instance built for the nested spec in option ``field`` (e.g. ``"embedder"``)."""
+        plugin = self.nested.get(field)
+        if plugin is None:
+            from .errors import DqfError
+
+            raise DqfError(f"{self.name}: no {field!r} plugin was built; build {self.name!r} from a recipe "
+                           f"(which instantiates `{field}`) or set .nested[{field!r}]")
+        return plugin
 
     def check(self) -> None:
         """Validate what options alone cannot (e.g. a nested judge's columns); raise ``ValueError`` with a message.

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from .errors import DqfError, PluginError, RecipeError
-from .plugin import BASE_COLUMNS, Plugin, Probe, Scorer, Selector
+from .plugin import BASE_COLUMNS, Plugin, Probe, Scorer
 
 STEP_KINDS = ("score", "select", "probe")
 _KIND_OF = {"score": "scorer", "select": "selector", "probe": "probe"}

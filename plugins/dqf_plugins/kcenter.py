@@ -58,12 +58,6 @@ class KCenterSelector(Selector):
     def stats(self):
         return dict(self._stats)
 
-    def _embedder(self):
-        emb = self.nested.get("embedder")
-        if emb is None:
-            raise DqfError("kcenter: no embedder instance; build the selector from a recipe (which instantiates "
-                           "`embedder`) or set selector.nested['embedder']")
-        return emb
 
     def select(self, rows, context):
         import numpy as np
@@ -72,7 +66,7 @@ class KCenterSelector(Selector):
         from dqf import kcenter_greedy  # loads numpy: kept out of plugin registration
 
         o = self.options
-        emb = self._embedder()
+        emb = self.nested_plugin("embedder")
         k = o.budget(rows.height)
         start = context.step_rows(o.start_from) if o.start_from else rows.clear()
         in_start = rows["id"].is_in(start["id"].implode()).to_numpy()

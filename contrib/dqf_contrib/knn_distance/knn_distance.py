@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from dqf import DqfError, PluginOptions, PluginSpec, Probe
+from dqf import PluginOptions, PluginSpec, Probe
 
 from .._ann import default_embedder, knn_search
 
@@ -55,12 +55,6 @@ class KnnDistanceProbe(Probe):
     def stats(self):
         return dict(self._stats)
 
-    def _embedder(self):
-        emb = self.nested.get("embedder")
-        if emb is None:
-            raise DqfError("knn-distance: no embedder instance; build the probe from a recipe (which instantiates "
-                           "`embedder`) or set probe.nested['embedder']")
-        return emb
 
     def run(self, rows, context):
         import numpy as np
@@ -70,7 +64,7 @@ class KnnDistanceProbe(Probe):
         col = o.column
         if rows.height == 0:
             return pl.DataFrame({col: []}, schema={col: pl.Float64})
-        X = context.embeddings(self._embedder(), rows)
+        X = context.embeddings(self.nested_plugin("embedder"), rows)
         _, dist = knn_search(X, o.k, metric=o.metric, exact_below=o.exact_below, ef=o.ef, M=o.M,
                              ef_construction=o.ef_construction, seed=o.seed)
         values = dist.mean(axis=1) if dist.shape[1] else np.full(rows.height, np.nan)

@@ -1,0 +1,120 @@
+"""What the two DEITA scorers share: the expected score over the tokens "1".."6" after a prompt."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from dqf import DqfError
+
+from .._next_token import next_token_logprobs
+from ..perplexity.perplexity import CausalLMOptions, CausalLMScorer
+
+SCORE_TOKENS = ("1", "2", "3", "4", "5", "6")
+
+
+def score_token_ids(tokenizer) -> list[int]:
+    """The ids of "1".."6" as tokens of their own (DEITA reads Llama's ids 29896, 29906, ...)."""
+    ids = []
+    for t in SCORE_TOKENS:
+        i = tokenizer.convert_tokens_to_ids(t)
+        if i is None or i == tokenizer.unk_token_id:
+            enc = list(tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"])
+            i = enc[-1] if enc else None
+        if i is None or i == tokenizer.unk_token_id:
+            raise DqfError(f"the tokenizer has no token for the score {t!r}")
+        ids.append(int(i))
+    return ids
+
+
+def question(instruction: str, input_: str) -> str:
+    """The user query of an alpaca row: instruction, then the input (if any) on the next line."""
+    return f"{instruction}\n{input_}" if input_ else instruction
+
+
+class DeitaOptions(CausalLMOptions):
+    max_length: int = Field(default=2048, gt=0, description="Most prompt tokens; longer texts lose their end "
+                                                            "(the response first, then the query). Also capped "
+                                                            "by the model's max_position_embeddings.")
+    column: str = Field(default="", description="Output column (default: the scorer's).")
+
+
+class DeitaScorer(CausalLMScorer):
+    """Σ i · softmax(logits of "1".."6")_i at the first generated position (a score in [1, 6])."""
+
+    default_column = ""
+
+    @property
+    def column(self) -> str:
+        return self.options.column or self.default_column
+
+    def columns(self):
+        import polars as pl
+
+        return {self.column: pl.Float64}
+
+    def stats(self):
+        if self._max_length is None:
+            return {}
+        return {"rows_scored": self._scored, "truncated_rows": self._truncated, "max_length": self._max_length,
+                "first_turn_only_rows": self._multi_turn}
+
+    def setup(self):
+        super().setup()
+        self._digits = score_token_ids(self._tokenizer)
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._multi_turn = 0
+
+    def _enc(self, text: str, special: bool) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
+
+    def fit(self, template: str, values: dict[str, str], cut_order: tuple[str, ...]) -> list[int]:
+        """Ids of ``template.format(**values)``; when too long, the fields in ``cut_order`` lose their ends in turn."""
+        ids = self._enc(template.format(**values), True)
+        limit = self._max_length
+        if len(ids) <= limit:
+            return ids
+        self._truncated += 1
+        # tokenize the fixed pieces and the fields apart, then trim fields until it fits
+        pieces, rest = [], template
+        for name in values:
+            before, _, rest = rest.partition("{" + name + "}")
+            pieces.append(("fixed", before))
+            pieces.append((name, values[name]))
+        pieces.append(("fixed", rest))
+        toks = [self._enc(text, i == 0) for i, (_, text) in enumerate(pieces)]
+        over = sum(map(len, toks)) - limit
+        for name in cut_order:
+            if over <= 0:
+                break
+            j = next(j for j, (n, _) in enumerate(pieces) if n == name)
+            cut = min(over, len(toks[j]))
+            toks[j] = toks[j][:len(toks[j]) - cut]
+            over -= cut
+        if over > 0:
+            raise DqfError(f"{self.name}: the prompt without the row's text is longer than max_length={limit}")
+        return [t for tk in toks for t in tk]
+
+    def prompt_ids(self, instruction: str, input_: str, output: str) -> list[int]:
+        raise NotImplementedError
+
+    def score(self, batch):
+        import numpy as np
+        import polars as pl
+
+        if self._model is None:
+            self.setup()
+        if batch.height == 0:
+            return pl.DataFrame(schema=self.columns())
+        prompts = [self.prompt_ids(i or "", x or "", o or "")
+                   for i, x, o in zip(batch["instruction"], batch["input"], batch["output"])]
+        if "n_turns" in batch.columns:
+            self._multi_turn += int((batch["n_turns"].fill_null(1) > 1).sum())
+        lp = next_token_logprobs(self._model, self._tokenizer, prompts, [[d] for d in self._digits],
+                                 batch_size=self.options.batch_size, device=self._device_and_dtype()[0])
+        w = np.exp(lp - lp.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        s = w @ np.arange(1, 7, dtype=np.float64)
+        self._scored += batch.height
+        return pl.DataFrame({self.column: s}, schema=self.columns()).fill_nan(None)

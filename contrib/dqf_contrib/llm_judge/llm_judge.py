@@ -1,0 +1,361 @@
+"""`llm-judge` scorer: an LLM rates each (instruction, input, response) for accuracy on 0-5, as AlpaGasus does.
+
+Two backends: ``hf`` runs a local causal LM (expected score from the digit-token probabilities, or
+greedy generation that is parsed); ``openai`` calls any OpenAI-compatible chat-completions endpoint
+with bounded concurrency and retries, using only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import threading
+import time
+from typing import Literal
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
+from dqf import DqfError, PluginOptions, Scorer, collate, length_batches, load_model, load_tokenizer, pick_device, \
+    pick_dtype, resolve_model
+
+#: AlpaGasus (Chen et al., 2024, "AlpaGasus: Training a Better Alpaca with Fewer Data", Fig. 3): system prompt.
+ALPAGASUS_SYSTEM = ("We would like to request your feedback on the performance of AI assistant in response to the "
+                    "instruction and the given input displayed following.")
+#: AlpaGasus user prompt: the triplet, then the rating request (accuracy dimension).
+ALPAGASUS_PROMPT = (
+    "Instruction: {instruction}\n"
+    "Input: {input}\n"
+    "Response: {response}\n\n"
+    "Please rate according to the accuracy of the response to the instruction and the input. Each assistant "
+    "receives a score on a scale of 0 to 5, where a higher score indicates higher level of the accuracy. Please "
+    "first output a single line containing value indicating the scores. In the subsequent line, please provide a "
+    "comprehensive explanation of your evaluation, avoiding any potential bias."
+)
+SCORE_MIN, SCORE_MAX = 0.0, 5.0
+DIGITS = ("0", "1", "2", "3", "4", "5")
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)")
+
+
+def _snippet(text: str, n: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def parse_score(text: str | None) -> tuple[float | None, str | None]:
+    """``(score, None)`` from a judge's answer, or ``(None, reason)`` when it holds no usable score.
+
+    The score is the first number on the first non-empty line (``"Score: 4.5"``, ``"4"``, ``"**4/5**"``); it
+    must lie in [0, 5]. Nothing is guessed: no number there, or one outside the scale, gives a null score.
+    """
+    if text is None:
+        return None, "empty answer"
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    if not line:
+        return None, "empty answer"
+    m = _NUMBER.search(line)
+    if m is None:
+        return None, f"no number on the first line: {_snippet(line)!r}"
+    value = float(m.group())
+    if not (SCORE_MIN <= value <= SCORE_MAX) or math.isnan(value):
+        return None, f"score {m.group()} outside 0-5 on the first line: {_snippet(line)!r}"
+    return value, None
+
+
+def fill_prompt(template: str, instruction: str, input_: str, response: str) -> str:
+    """Replace the three placeholders only (other braces in a custom prompt stay as written)."""
+    return (template.replace("{instruction}", instruction).replace("{input}", input_)
+            .replace("{response}", response))
+
+
+class LlmJudgeOptions(PluginOptions):
+    backend: Literal["hf", "openai"] = Field(default="hf", description="hf: a local causal LM; openai: an "
+                                                                       "OpenAI-compatible HTTP endpoint.")
+    model: str = Field(description="hf: local folder, .gguf, pkg:NAME or hub id; openai: the model name sent.")
+    prompt: str = Field(default=ALPAGASUS_PROMPT, min_length=1,
+                        description="User prompt with {instruction}, {input} and {response} placeholders "
+                                    "(default: AlpaGasus's).")
+    system: str = Field(default=ALPAGASUS_SYSTEM, description="System prompt (default: AlpaGasus's); '' for none.")
+    mode: Literal["expected", "generate"] | None = Field(
+        default=None, description="expected (hf only): probability-weighted mean over the digit tokens 0..5 at the "
+                                  "first answer position; generate: greedy answer, parsed. Default: expected for "
+                                  "hf, generate for openai.")
+    max_new_tokens: PositiveInt = Field(default=16, description="Answer tokens generated (generate mode); only the "
+                                                                "first line is read.")
+    # hf
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(default="auto", description="hf: auto picks cuda, mps, cpu.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="hf: weights dtype.")
+    batch_size: PositiveInt = Field(default=8, description="hf: prompts per forward pass.")
+    max_length: PositiveInt = Field(default=2048, description="hf: most prompt tokens; longer prompts lose their "
+                                                              "middle (counted in stats).")
+    # openai
+    base_url: str | None = Field(default=None, description="openai: endpoint root, e.g. https://api.openai.com/v1 "
+                                                           "(POST {base_url}/chat/completions).")
+    api_key_env: str | None = Field(default="OPENAI_API_KEY",
+                                    description="openai: environment variable holding the key (sent as a Bearer "
+                                                "header; never recorded). Unset variable: no header is sent.")
+    concurrency: PositiveInt = Field(default=4, le=256, description="openai: most requests in flight.")
+    timeout: PositiveFloat = Field(default=60.0, description="openai: seconds per request.")
+    max_retries: NonNegativeInt = Field(default=5, description="openai: retries on 429, 5xx and timeouts.")
+    backoff: NonNegativeFloat = Field(default=1.0, description="openai: first retry delay in seconds; doubles each "
+                                                               "retry (x0.5-1.5 jitter, at most 60 s).")
+    temperature: NonNegativeFloat = Field(default=0.0, description="openai: sampling temperature.")
+
+
+class _Fatal(Exception):
+    """A request error no retry will fix (bad key, bad model name): fails the run instead of caching nulls."""
+
+
+class LlmJudgeScorer(Scorer):
+    """AlpaGasus-style rating: ``llm_judge`` (0-5, Float64) and ``llm_judge_reason`` (why the score is null)."""
+
+    name = "llm-judge"
+    version = "1"
+    Options = LlmJudgeOptions
+    batch_size = 64  # rows per score() call: each finished batch is cached, so a crash loses little
+    cache_ignore = frozenset({"batch_size", "concurrency", "api_key_env", "timeout", "max_retries", "backoff"})
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._ref = None
+        self._placement = None
+        self._model = None
+        self._tokenizer = None
+        self._digit_ids = None
+        self._lock = threading.Lock()
+        self._stats = {"rows_scored": 0, "null_scores": 0}
+
+    @property
+    def mode(self) -> str:
+        return self.options.mode or ("expected" if self.options.backend == "hf" else "generate")
+
+    def check(self):
+        o = self.options
+        if "{instruction}" not in o.prompt or "{response}" not in o.prompt:
+            raise ValueError("prompt must contain the {instruction} and {response} placeholders")
+        if o.backend == "openai":
+            if not o.base_url:
+                raise ValueError("backend 'openai' needs base_url (e.g. 'https://api.openai.com/v1')")
+            if not o.base_url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url must start with http:// or https://, got {o.base_url!r}")
+            if o.mode == "expected":
+                raise ValueError("mode 'expected' needs token probabilities: use backend 'hf', or mode 'generate'")
+        elif o.base_url:
+            raise ValueError("base_url is an option of backend 'openai'")
+
+    def columns(self):
+        import polars as pl
+
+        return {"llm_judge": pl.Float64, "llm_judge_reason": pl.String}
+
+    def stats(self):
+        return dict(self._stats)
+
+    def _count(self, key: str, n: int = 1):
+        with self._lock:
+            self._stats[key] = self._stats.get(key, 0) + n
+
+    # -- identity --------------------------------------------------------------------------
+    def _model_ref(self):
+        if self._ref is None:
+            self._ref = resolve_model(self.options.model)
+        return self._ref
+
+    def _device_and_dtype(self):
+        if self._placement is None:
+            device = pick_device(self.options.device)
+            self._placement = (device, pick_dtype(device, self.options.dtype))
+        return self._placement
+
+    def identity(self):
+        if self.options.backend == "openai":  # base_url, model, prompt, system, mode are options (in the key)
+            return {"mode": self.mode}
+        device, dtype = self._device_and_dtype()
+        return {"model": self._model_ref().identity, "dtype": str(dtype).removeprefix("torch."),
+                "device": device.type, "mode": self.mode}
+
+    # -- scoring ---------------------------------------------------------------------------
+    def setup(self):
+        self.check()
+        if self.options.backend == "hf" and self._model is None:
+            self._setup_hf()
+
+    def _prompts(self, batch) -> list[str]:
+        return [fill_prompt(self.options.prompt, ins or "", inp or "", out or "")
+                for ins, inp, out in zip(batch["instruction"], batch["input"], batch["output"])]
+
+    def score(self, batch):
+        import polars as pl
+
+        if batch.height == 0:
+            return pl.DataFrame(schema=self.columns())
+        prompts = self._prompts(batch)
+        if self.options.backend == "openai":
+            results = self._score_openai(prompts)
+        else:
+            if self._model is None:
+                self.setup()
+            results = self._score_hf(prompts)
+        self._count("rows_scored", len(results))
+        self._count("null_scores", sum(1 for s, _ in results if s is None))
+        return pl.DataFrame({"llm_judge": [s for s, _ in results], "llm_judge_reason": [r for _, r in results]},
+                            schema=self.columns())
+
+    # -- hf backend ------------------------------------------------------------------------
+    def _setup_hf(self):
+        ref = self._model_ref()
+        device, dtype = self._device_and_dtype()
+        try:
+            tok = load_tokenizer(ref)
+            model = load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype)
+        except DqfError as exc:
+            raise DqfError(f"{self.name}: {exc}") from None
+        ids = []
+        for d in DIGITS:
+            enc = tok(d, add_special_tokens=False)["input_ids"]
+            tid = tok.convert_tokens_to_ids(d)
+            if tid is None or tid == tok.unk_token_id:
+                tid = enc[-1] if len(enc) >= 1 and tok.decode(enc[-1:]).strip() == d else None
+            if tid is None:
+                raise DqfError(f"{self.name}: the tokenizer of {self.options.model!r} has no single token for the "
+                               f"digit {d!r}; use mode = 'generate'")
+            ids.append(int(tid))
+        self._tokenizer, self._model, self._digit_ids = tok, model, ids
+        self._stats.update(truncated_rows=0)
+
+    def encode_prompt(self, user: str) -> list[int]:
+        """Token ids of the judge's input: the chat template (system + user, generation prompt) when the tokenizer
+        has one, else ``system + "\\n\\n" + user + "\\n"`` with the tokenizer's special tokens."""
+        tok, system = self._tokenizer, self.options.system
+        if getattr(tok, "chat_template", None):
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+        text = f"{system}\n\n{user}\n" if system else f"{user}\n"
+        return list(tok(text, add_special_tokens=True)["input_ids"])
+
+    def _limit(self) -> int:
+        limit = self.options.max_length
+        n_pos = getattr(self._model.config, "max_position_embeddings", None)
+        if n_pos:
+            limit = min(limit, int(n_pos) - (self.options.max_new_tokens if self.mode == "generate" else 0))
+        return max(limit, 2)
+
+    def _score_hf(self, prompts):
+        import torch
+
+        limit = self._limit()
+        encoded = []
+        for p in prompts:
+            ids = self.encode_prompt(p)
+            if len(ids) > limit:  # keep the head (system, instruction) and the tail (the rating request)
+                self._count("truncated_rows")
+                head = limit // 2
+                ids = ids[:head] + ids[len(ids) - (limit - head):]
+            encoded.append(ids)
+        tok, model = self._tokenizer, self._model
+        device = self._device_and_dtype()[0]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        out: list = [None] * len(prompts)
+        for group in length_batches([len(e) for e in encoded], self.options.batch_size, descending=True):
+            batch = collate([{"input_ids": encoded[i]} for i in group], pad, side="left")
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            with torch.inference_mode():
+                if self.mode == "expected":
+                    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+                    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1, :]
+                    probs = torch.softmax(logits[:, self._digit_ids].float(), dim=-1)
+                    values = (probs * torch.arange(len(DIGITS), dtype=torch.float32, device=probs.device)).sum(-1)
+                    for i, v in zip(group, values.tolist()):
+                        out[i] = (float(v), None)
+                else:
+                    gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                         max_new_tokens=self.options.max_new_tokens, pad_token_id=pad)
+                    texts = tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+                    for i, t in zip(group, texts):
+                        out[i] = parse_score(t)
+        return out
+
+    # -- openai backend --------------------------------------------------------------------
+    def _api_key(self) -> str | None:
+        env = self.options.api_key_env
+        return os.environ.get(env) or None if env else None
+
+    def _scrub(self, text: str, key: str | None) -> str:
+        return text.replace(key, "***") if key else text
+
+    def _score_openai(self, prompts):
+        from concurrent.futures import ThreadPoolExecutor
+
+        key = self._api_key()
+        with ThreadPoolExecutor(max_workers=min(self.options.concurrency, len(prompts))) as pool:
+            futures = [pool.submit(self._judge_http, p, key) for p in prompts]
+            results = []
+            fatal = None
+            for f in futures:
+                try:
+                    results.append(f.result())
+                except _Fatal as exc:
+                    fatal = fatal or str(exc)
+                    results.append((None, None))
+        if fatal:
+            raise DqfError(f"{self.name}: {self._scrub(fatal, key)}")
+        return results
+
+    def _judge_http(self, user: str, key: str | None):
+        import http.client
+        import socket
+        import urllib.error
+        import urllib.request
+
+        o = self.options
+        messages = ([{"role": "system", "content": o.system}] if o.system else []) + [{"role": "user", "content": user}]
+        body = json.dumps({"model": o.model, "messages": messages, "temperature": o.temperature,
+                           "max_tokens": o.max_new_tokens}).encode()
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        url = o.base_url.rstrip("/") + "/chat/completions"
+        last = "no attempt"
+        for attempt in range(o.max_retries + 1):
+            if attempt:
+                self._count("retries")
+                delay = min(60.0, o.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
+                time.sleep(delay)
+            self._count("requests")
+            req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=o.timeout) as resp:
+                    raw = resp.read()
+            except urllib.error.HTTPError as exc:
+                detail = _snippet(exc.read().decode("utf-8", "replace") if exc.fp else "", 200)
+                exc.close()
+                if exc.code == 429 or exc.code >= 500:
+                    last = f"HTTP {exc.code}"
+                    continue
+                raise _Fatal(f"{url} answered HTTP {exc.code}: {detail}"
+                             + (f" (is ${o.api_key_env} set to a valid key?)" if exc.code in (401, 403) else ""))
+            except (TimeoutError, socket.timeout):
+                last = f"timeout after {o.timeout:g} s"
+                continue
+            except urllib.error.URLError as exc:
+                if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+                    last = f"timeout after {o.timeout:g} s"
+                    continue
+                last = f"connection error: {exc.reason}"
+                continue
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                last = f"connection error: {type(exc).__name__}"
+                continue
+            try:
+                content = json.loads(raw)["choices"][0]["message"]["content"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                return None, self._scrub(f"malformed response: {_snippet(raw.decode('utf-8', 'replace'))!r}", key)
+            score, reason = parse_score(content)
+            return score, (self._scrub(reason, key) if reason else None)
+        self._count("failed_requests")
+        if last.startswith("connection error"):
+            raise _Fatal(f"cannot reach {url} after {o.max_retries + 1} attempts ({last})")
+        return None, f"request failed after {o.max_retries + 1} attempts: {last}"
