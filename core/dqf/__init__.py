@@ -27,6 +27,7 @@ __all__ = [
     "kcenter_greedy",
     "kcenter_radius",
     "ModelRef",
+    "ModelMixin",
     "resolve_model",
     "load_model",
     "load_tokenizer",
@@ -84,7 +85,7 @@ def missing_dependency(module: str, extra: str | None = None, package: str | Non
 _LAZY = {
     "kcenter_greedy": "kcenter", "kcenter_radius": "kcenter",
     "length_batches": "batching", "collate": "batching",
-    "ModelRef": "models", "resolve_model": "models", "load_model": "models", "load_tokenizer": "models",
+    "ModelRef": "models", "ModelMixin": "models", "resolve_model": "models", "load_model": "models", "load_tokenizer": "models",
     "pick_device": "models", "pick_dtype": "models", "require": "models",
     "answer_losses": "lm",
 }

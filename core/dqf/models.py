@@ -232,3 +232,33 @@ def load_model(ref: ModelRef, auto_class: str, *, device=None, dtype=None, cache
         model.to(device)
     model.eval()
     return model
+
+
+class ModelMixin:
+    """For plugins whose options name a ``model``, a ``device`` and a ``dtype``.
+
+    Resolves each once and reports them for the cache key, so the key names the model's files
+    and the precision the numbers were computed in before any weights load. Override
+    :meth:`device_preference` to force a device (e.g. CPU for int8).
+    """
+
+    def device_preference(self) -> str:
+        return getattr(self.options, "device", "auto")
+
+    def model_ref(self) -> ModelRef:
+        ref = self.__dict__.get("_dqf_model_ref")
+        if ref is None:
+            ref = self.__dict__["_dqf_model_ref"] = resolve_model(self.options.model)
+        return ref
+
+    def placement(self):
+        """``(torch.device, torch.dtype)`` the model runs on."""
+        placed = self.__dict__.get("_dqf_placement")
+        if placed is None:
+            device = pick_device(self.device_preference())
+            placed = self.__dict__["_dqf_placement"] = (device, pick_dtype(device, getattr(self.options, "dtype", "auto")))
+        return placed
+
+    def model_identity(self) -> dict[str, Any]:
+        device, dtype = self.placement()
+        return {"model": self.model_ref().identity, "dtype": str(dtype).removeprefix("torch."), "device": device.type}

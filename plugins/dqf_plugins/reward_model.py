@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from dqf import (DqfError, PluginOptions, Scorer, collate, length_batches, load_model, load_tokenizer, pick_device,
-                 pick_dtype, require, resolve_model, row_texts)
+from dqf import (DqfError, ModelMixin, PluginOptions, Scorer, collate, length_batches, load_model, load_tokenizer,
+                 require, row_texts)
 
 DEFAULT_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
 
@@ -64,7 +64,7 @@ def _one_line(text: str, limit: int = 400) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-class RewardModelScorer(Scorer):
+class RewardModelScorer(ModelMixin, Scorer):
     """Score each row with a reward model's single logit on ``tokenizer(question, answer)``, as MoDS does.
 
     The engine hands large batches; inside one, rows are sorted by token length and run in
@@ -82,8 +82,6 @@ class RewardModelScorer(Scorer):
 
     def __init__(self, options=None):
         super().__init__(options)
-        self._ref = None
-        self._placement = None
         self._model = None
         self._tokenizer = None
         self._max_length = None
@@ -91,23 +89,12 @@ class RewardModelScorer(Scorer):
         self._scored = 0
 
     # -- identity -------------------------------------------------------------------------
-    def _model_ref(self):
-        if self._ref is None:
-            self._ref = resolve_model(self.options.model)
-        return self._ref
 
-    def _device_and_dtype(self):
-        """Resolved once: the cache key must name the precision the scores are computed in, before setup runs."""
-        if self._placement is None:
-            o = self.options
-            device = pick_device("cpu" if o.quantize == "int8" else o.device)
-            self._placement = (device, pick_dtype(device, o.dtype))
-        return self._placement
+    def device_preference(self):
+        return "cpu" if self.options.quantize == "int8" else self.options.device  # int8 kernels are CPU-only
 
     def identity(self):
-        device, dtype = self._device_and_dtype()
-        return {"model": self._model_ref().identity, "quantize": self.options.quantize,
-                "dtype": str(dtype).removeprefix("torch."), "device": device.type}
+        return {**self.model_identity(), "quantize": self.options.quantize}
 
     def columns(self):
         import polars as pl
@@ -124,8 +111,8 @@ class RewardModelScorer(Scorer):
         if self._model is not None:
             return
         torch = require("torch")
-        ref = self._model_ref()
-        device, dtype = self._device_and_dtype()
+        ref = self.model_ref()
+        device, dtype = self.placement()
         if self.options.quantize == "int8" and device.type != "cpu":
             raise DqfError(f"reward-model: quantize = 'int8' runs on CPU only, but device {device.type!r} was chosen")
         try:
@@ -195,7 +182,7 @@ class RewardModelScorer(Scorer):
         questions, answers = questions_and_answers(batch)
         rows = self._encode(questions, answers)
         scores = np.empty(len(rows), dtype=np.float64)
-        device = self._device_and_dtype()[0]
+        device = self.placement()[0]
         with torch.inference_mode():
             for idx in sub_batches([len(r["input_ids"]) for r in rows], self.options.batch_size):
                 inputs = {k: v.to(device) for k, v in self._collate([rows[i] for i in idx]).items()}

@@ -98,7 +98,7 @@ class AskLlmScorer(CausalLMScorer):
         prompts = [self.prompt_ids(i or "", x or "", o or "")
                    for i, x, o in zip(batch["instruction"], batch["input"], batch["output"])]
         lp = next_token_logprobs(self._model, self._tokenizer, prompts, self._answer_sets,
-                                 batch_size=self.options.batch_size, device=self._device_and_dtype()[0])
+                                 batch_size=self.options.batch_size, device=self.placement()[0])
         p = np.exp(lp[:, 0] - np.logaddexp(lp[:, 0], lp[:, 1]))
         self._scored += batch.height
         return pl.DataFrame({self.options.column: p}, schema=self.columns()).fill_nan(None)

@@ -112,7 +112,7 @@ class DeitaScorer(CausalLMScorer):
         if "n_turns" in batch.columns:
             self._multi_turn += int((batch["n_turns"].fill_null(1) > 1).sum())
         lp = next_token_logprobs(self._model, self._tokenizer, prompts, [[d] for d in self._digits],
-                                 batch_size=self.options.batch_size, device=self._device_and_dtype()[0])
+                                 batch_size=self.options.batch_size, device=self.placement()[0])
         w = np.exp(lp - lp.max(axis=1, keepdims=True))
         w /= w.sum(axis=1, keepdims=True)
         s = w @ np.arange(1, 7, dtype=np.float64)

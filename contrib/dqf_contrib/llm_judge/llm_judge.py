@@ -18,8 +18,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from dqf import DqfError, PluginOptions, Scorer, collate, length_batches, load_model, load_tokenizer, pick_device, \
-    pick_dtype, resolve_model
+from dqf import DqfError, ModelMixin, PluginOptions, Scorer, collate, length_batches, load_model, load_tokenizer
 
 #: AlpaGasus (Chen et al., 2024, "AlpaGasus: Training a Better Alpaca with Fewer Data", Fig. 3): system prompt.
 ALPAGASUS_SYSTEM = ("We would like to request your feedback on the performance of AI assistant in response to the "
@@ -108,7 +107,7 @@ class _Fatal(Exception):
     """A request error no retry will fix (bad key, bad model name): fails the run instead of caching nulls."""
 
 
-class LlmJudgeScorer(Scorer):
+class LlmJudgeScorer(ModelMixin, Scorer):
     """AlpaGasus-style rating: ``llm_judge`` (0-5, Float64) and ``llm_judge_reason`` (why the score is null)."""
 
     name = "llm-judge"
@@ -119,8 +118,6 @@ class LlmJudgeScorer(Scorer):
 
     def __init__(self, options=None):
         super().__init__(options)
-        self._ref = None
-        self._placement = None
         self._model = None
         self._tokenizer = None
         self._digit_ids = None
@@ -158,23 +155,12 @@ class LlmJudgeScorer(Scorer):
             self._stats[key] = self._stats.get(key, 0) + n
 
     # -- identity --------------------------------------------------------------------------
-    def _model_ref(self):
-        if self._ref is None:
-            self._ref = resolve_model(self.options.model)
-        return self._ref
 
-    def _device_and_dtype(self):
-        if self._placement is None:
-            device = pick_device(self.options.device)
-            self._placement = (device, pick_dtype(device, self.options.dtype))
-        return self._placement
 
     def identity(self):
         if self.options.backend == "openai":  # base_url, model, prompt, system, mode are options (in the key)
             return {"mode": self.mode}
-        device, dtype = self._device_and_dtype()
-        return {"model": self._model_ref().identity, "dtype": str(dtype).removeprefix("torch."),
-                "device": device.type, "mode": self.mode}
+        return {**self.model_identity(), "mode": self.mode}
 
     # -- scoring ---------------------------------------------------------------------------
     def setup(self):
@@ -205,8 +191,8 @@ class LlmJudgeScorer(Scorer):
 
     # -- hf backend ------------------------------------------------------------------------
     def _setup_hf(self):
-        ref = self._model_ref()
-        device, dtype = self._device_and_dtype()
+        ref = self.model_ref()
+        device, dtype = self.placement()
         try:
             tok = load_tokenizer(ref)
             model = load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype)
@@ -256,7 +242,7 @@ class LlmJudgeScorer(Scorer):
                 ids = ids[:head] + ids[len(ids) - (limit - head):]
             encoded.append(ids)
         tok, model = self._tokenizer, self._model
-        device = self._device_and_dtype()[0]
+        device = self.placement()[0]
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         out: list = [None] * len(prompts)
         for group in length_batches([len(e) for e in encoded], self.options.batch_size, descending=True):

@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt
 
-from dqf import (DqfError, PluginOptions, Scorer, answer_losses, load_model, load_tokenizer, pick_device, pick_dtype,
-                 resolve_model)
+from dqf import DqfError, ModelMixin, PluginOptions, Scorer, answer_losses, load_model, load_tokenizer
 
 #: The Stanford Alpaca prompts (as Cherry LLM scores with).
 ALPACA_PROMPT_INPUT = (
@@ -49,7 +48,7 @@ class CausalLMOptions(PluginOptions):
         default="auto", description="auto: bfloat16 (or float16) on a GPU, float32 on CPU.")
 
 
-class CausalLMScorer(Scorer):
+class CausalLMScorer(ModelMixin, Scorer):
     """Shared model handling of the causal-LM scorers: resolve, place, load once, identity, effective max length."""
 
     cache_ignore = frozenset({"batch_size"})  # speed only: padding is masked
@@ -57,35 +56,22 @@ class CausalLMScorer(Scorer):
 
     def __init__(self, options=None):
         super().__init__(options)
-        self._ref = None
-        self._placement = None
         self._model = None
         self._tokenizer = None
         self._max_length = None
         self._scored = 0
         self._truncated = 0
 
-    def _model_ref(self):
-        if self._ref is None:
-            self._ref = resolve_model(self.options.model)
-        return self._ref
 
-    def _device_and_dtype(self):
-        if self._placement is None:
-            device = pick_device(self.options.device)
-            self._placement = (device, pick_dtype(device, self.options.dtype))
-        return self._placement
 
     def identity(self):
-        device, dtype = self._device_and_dtype()
-        return {"model": self._model_ref().identity, "dtype": str(dtype).removeprefix("torch."),
-                "device": device.type}
+        return self.model_identity()
 
     def setup(self):
         if self._model is not None:
             return
-        ref = self._model_ref()
-        device, dtype = self._device_and_dtype()
+        ref = self.model_ref()
+        device, dtype = self.placement()
         try:
             tokenizer = load_tokenizer(ref)
             model = load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype)
@@ -99,7 +85,7 @@ class CausalLMScorer(Scorer):
 
     def _losses(self, prompts, answers):
         return answer_losses(self._model, self._tokenizer, prompts, answers, batch_size=self.options.batch_size,
-                             device=self._device_and_dtype()[0])
+                             device=self.placement()[0])
 
 
 class PerplexityOptions(CausalLMOptions):

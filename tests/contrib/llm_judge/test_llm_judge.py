@@ -103,6 +103,7 @@ class JudgeServer:
 
     def __init__(self, slow_seconds=1.0):
         self.lock = threading.Lock()
+        self.overlap = threading.Condition(self.lock)
         self.calls = 0
         self.inflight = 0
         self.max_inflight = 0
@@ -120,6 +121,7 @@ class JudgeServer:
                     server.calls += 1
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
+                    server.overlap.notify_all()
                 try:
                     self._answer()
                 finally:
@@ -134,7 +136,8 @@ class JudgeServer:
                     server.auth.add(self.headers.get("Authorization", ""))
                     server.bodies.append(body)
                     n = server.attempts[tag] = server.attempts.get(tag, 0) + 1
-                time.sleep(0.3)  # lets requests overlap even on a loaded machine, so the concurrency bound is tested
+                with server.overlap:  # hold a request until a second one arrives (or 1 s), so overlap is seen
+                    server.overlap.wait_for(lambda: server.inflight >= 2, timeout=1.0)
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": "no such route"})
                 if tag.startswith("busy") and n <= 2:
