@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 from .errors import DataError, DqfError, PluginError, RecipeError
 from .hookspecs import hookimpl
-from .plugin import (BASE_COLUMNS, Embedder, Plugin, PluginOptions, PluginSpec, Probe, Scorer, Selector, StepContext,
+from .plugin import (BASE_COLUMNS, BudgetOptions, Embedder, Plugin, PluginOptions, PluginSpec, Probe, Scorer, Selector, StepContext,
                      row_texts)
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "hookimpl",
     "Plugin",
     "PluginOptions",
+    "BudgetOptions",
     "Scorer",
     "Selector",
     "Probe",

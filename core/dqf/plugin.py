@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:  # polars and numpy are imported lazily so entry-point modules import fast
     import numpy as np
@@ -28,6 +30,26 @@ class PluginOptions(BaseModel):
     """Typed options of a plugin. Unknown keys are errors, so a recipe typo never becomes a silent default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BudgetOptions(PluginOptions):
+    """Options of a selector that keeps an absolute ``k`` or a ``fraction`` of its input rows, never both."""
+
+    k: Optional[int] = Field(default=None, gt=0, description="Keep this many rows (all of them if fewer).")
+    fraction: Optional[float] = Field(default=None, gt=0, le=1, description="Keep this fraction of the input rows.")
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if (self.k is None) == (self.fraction is None):
+            raise ValueError("give exactly one of `k` or `fraction`")
+        return self
+
+    def budget(self, n: int) -> int:
+        """Rows to keep out of ``n``."""
+        if self.k is not None:
+            return min(self.k, n)
+        # Exact decimal arithmetic: 0.07 * 100 is 7.000000000000001 in floats, which would round up to 8.
+        return min(n, math.ceil(Fraction(repr(self.fraction)) * n))
 
 
 class PluginSpec(BaseModel):

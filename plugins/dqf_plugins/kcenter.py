@@ -6,9 +6,8 @@ from typing import Optional
 
 from pydantic import Field, model_validator
 
-from dqf import DqfError, PluginSpec, Selector
+from dqf import BudgetOptions, DqfError, PluginSpec, Selector
 
-from ._budget import BudgetOptions
 
 
 class KCenterOptions(BudgetOptions):

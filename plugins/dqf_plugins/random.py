@@ -6,9 +6,8 @@ from typing import Optional
 
 from pydantic import Field
 
-from dqf import Selector
+from dqf import BudgetOptions, Selector
 
-from ._budget import BudgetOptions
 
 
 class RandomOptions(BudgetOptions):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from dqf import Selector
+from dqf import BudgetOptions, Selector
 
-from ._budget import BudgetOptions
 
 
 class TopKOptions(BudgetOptions):

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
-from typing import Optional
+from pydantic import Field
 
-from pydantic import Field, model_validator
-
-from dqf import DqfError, PluginOptions, PluginSpec, Selector
+from dqf import BudgetOptions, PluginSpec, Selector
 
 from .._ann import default_embedder, greedy_diverse, order_by_score
 
 
-class DeitaReprOptions(PluginOptions):
+class DeitaReprOptions(BudgetOptions):
     score_column: str = Field(description="Column ranking the rows (e.g. a DEITA complexity x quality score).")
     descending: bool = Field(default=True, description="Higher score_column is better.")
     tau: float = Field(default=0.9, gt=-1, le=1,
                        description="Take a row only if its cosine similarity to every row taken is <= tau.")
-    k: Optional[int] = Field(default=None, gt=0, description="Take this many rows (fewer if the pool runs out).")
-    fraction: Optional[float] = Field(default=None, gt=0, le=1, description="Take this fraction of the input rows.")
     embedder: PluginSpec = Field(default_factory=default_embedder,
                                  description="Embedder giving the vectors (default: all-MiniLM-L6-v2 over the "
                                              "instruction; DEITA uses its scorer model's last hidden state).")
@@ -29,16 +23,6 @@ class DeitaReprOptions(PluginOptions):
     M: int = Field(default=16, ge=2, description="HNSW graph degree.")
     ef_construction: int = Field(default=200, ge=1, description="HNSW build breadth.")
 
-    @model_validator(mode="after")
-    def _one_budget(self):
-        if (self.k is None) == (self.fraction is None):
-            raise ValueError("give exactly one of `k` or `fraction`")
-        return self
-
-    def budget(self, n: int) -> int:
-        if self.k is not None:
-            return min(self.k, n)
-        return min(n, math.ceil(Fraction(repr(self.fraction)) * n))
 
 
 class DeitaReprSelector(Selector):
@@ -68,11 +52,7 @@ class DeitaReprSelector(Selector):
         if k == 0:
             self._stats = {"picked": 0}
             return []
-        emb = self.nested.get("embedder")
-        if emb is None:
-            raise DqfError("deita-repr: no embedder instance; build the selector from a recipe (which instantiates "
-                           "`embedder`) or set selector.nested['embedder']")
-        X = context.embeddings(emb, rows)
+        X = context.embeddings(self.nested_plugin("embedder"), rows)
         order = order_by_score(rows, o.score_column, o.descending)
         with context.progress(f"{context.step_id}: deita-repr", total=rows.height) as advance:
             picks = greedy_diverse(X, order, o.tau, inclusive=True, limit=k, exact_below=o.exact_below, ef=o.ef,

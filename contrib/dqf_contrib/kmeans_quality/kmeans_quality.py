@@ -7,21 +7,18 @@ proportional to ``exp(quality / temperature)``.
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from dqf import DqfError, PluginOptions, PluginSpec, Selector
+from dqf import BudgetOptions, PluginSpec, Selector
 
 from .._ann import default_embedder
 
 
-class KmeansQualityOptions(PluginOptions):
+class KmeansQualityOptions(BudgetOptions):
     quality_column: str = Field(description="Column of quality scores (higher is better), e.g. a reward.")
-    k: Optional[int] = Field(default=None, gt=0, description="Take this many rows (fewer if the pool runs out).")
-    fraction: Optional[float] = Field(default=None, gt=0, le=1, description="Take this fraction of the input rows.")
     n_clusters: int = Field(default=100, gt=0, description="k-means clusters (at most one per row).")
     temperature: float = Field(default=1.0, gt=0, description="Sampling weight is exp(quality / temperature): "
                                                              "small values take the best rows of each cluster, "
@@ -34,16 +31,6 @@ class KmeansQualityOptions(PluginOptions):
                                  description="Embedder giving the vectors (default: all-MiniLM-L6-v2, mean pooled "
                                              "and normalized, over the instruction).")
 
-    @model_validator(mode="after")
-    def _one_budget(self):
-        if (self.k is None) == (self.fraction is None):
-            raise ValueError("give exactly one of `k` or `fraction`")
-        return self
-
-    def budget(self, n: int) -> int:
-        if self.k is not None:
-            return min(self.k, n)
-        return min(n, math.ceil(Fraction(repr(self.fraction)) * n))
 
 
 def kmeans(X, n_clusters: int, rng, max_iter: int = 100, tol: float = 1e-6):
@@ -139,11 +126,7 @@ class KmeansQualitySelector(Selector):
         if k == 0:
             self._stats = {"picked": 0}
             return []
-        emb = self.nested.get("embedder")
-        if emb is None:
-            raise DqfError("kmeans-quality: no embedder instance; build the selector from a recipe (which "
-                           "instantiates `embedder`) or set selector.nested['embedder']")
-        X = context.embeddings(emb, rows)
+        X = context.embeddings(self.nested_plugin("embedder"), rows)
         q = rows[o.quality_column].cast(float).to_numpy().astype(np.float64)
         return self.pick(X, q, k, o.seed if o.seed is not None else context.seed)
 
