@@ -87,6 +87,8 @@ class Plugin:
         self.options = options if options is not None else self.Options()
         #: Instances of the plugins named in ``nested_plugins`` fields, set by the recipe loader.
         self.nested: dict[str, Plugin] = {}
+        #: Counters a plugin fills while it runs; :meth:`stats` reports them.
+        self._stats: dict[str, Any] = {}
 
     def nested_plugin(self, field: str) -> "Plugin":
         """The instance built for the nested spec in option ``field`` (e.g. ``"embedder"``)."""
@@ -107,7 +109,12 @@ class Plugin:
 
     def stats(self) -> dict[str, Any]:
         """Counters recorded in the manifest after the step ran (e.g. rows truncated)."""
-        return {}
+        return dict(self._stats)
+
+    def nested_requires(self, field: str) -> set[str]:
+        """Columns the nested plugin in option ``field`` reads (none before the recipe loader built it)."""
+        plugin = self.nested.get(field)
+        return set(plugin.requires()) if plugin is not None else set()
 
     def requires(self) -> set[str]:
         """Columns this plugin reads beyond the base columns; validated before anything runs."""

@@ -43,20 +43,11 @@ class KCenterSelector(Selector):
     Options = KCenterOptions
     nested_plugins = {"embedder": "embedder"}
 
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._stats = {}
-
     def depends_on(self):
         return [self.options.start_from] if self.options.start_from else []
 
     def requires(self):
-        emb = self.nested.get("embedder")
-        return set(emb.requires()) if emb is not None else set()
-
-    def stats(self):
-        return dict(self._stats)
-
+        return self.nested_requires("embedder")
 
     def select(self, rows, context):
         import numpy as np

@@ -99,7 +99,6 @@ class ModsNecessityProbe(Probe):
     def __init__(self, options=None):
         super().__init__(options)
         self._ref = resolve_model(self.options.base_model)  # fails at validation, not after hours of work
-        self._stats: dict = {}
 
     def columns(self):
         import polars as pl
@@ -112,8 +111,6 @@ class ModsNecessityProbe(Probe):
     def identity(self):
         return {"base_model": self._ref.identity}
 
-    def stats(self):
-        return dict(self._stats)
 
     # -- run --------------------------------------------------------------------------------------
     def run(self, rows, context):

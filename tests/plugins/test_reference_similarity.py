@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 import dqf
+from scorer_helpers import scorer_batch
 from dqf import row_texts
 
 POOL = Path(__file__).resolve().parents[2] / "examples" / "data" / "alpaca_2k.jsonl"
@@ -39,9 +40,7 @@ def build(host, **opts):
     return scorer
 
 
-def frame(rows):
-    return pl.DataFrame({"id": [str(i) for i in range(len(rows))], "n_turns": [1] * len(rows),
-                         **{k: [r[k] for r in rows] for k in ("instruction", "input", "output")}})
+frame = scorer_batch
 
 
 def cosine(a, b):

@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 import dqf
+from scorer_helpers import scorer_batch
 from dqf import DqfError, RecipeError
 
 POOL = Path(__file__).resolve().parents[2] / "examples" / "data" / "alpaca_2k.jsonl"
@@ -24,16 +25,7 @@ ROWS = [json.loads(line) for line in POOL.read_text(encoding="utf-8").splitlines
 TINY_POSITIONS = 128  # max_position_embeddings of the tiny DeBERTa (absolute positions are on)
 
 
-def frame(rows) -> pl.DataFrame:
-    """The frame the engine hands a scorer."""
-    return pl.DataFrame({
-        "id": [f"r{i}" for i in range(len(rows))],
-        "instruction": [r["instruction"] for r in rows],
-        "input": [r.get("input", "") for r in rows],
-        "output": [r["output"] for r in rows],
-        "n_turns": [1] * len(rows),
-    }, schema={"id": pl.String, "instruction": pl.String, "input": pl.String, "output": pl.String,
-               "n_turns": pl.Int32})
+frame = scorer_batch
 
 
 def mods_question(row) -> str:

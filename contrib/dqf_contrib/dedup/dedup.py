@@ -54,10 +54,6 @@ class DedupSelector(Selector):
     Options = DedupOptions
     nested_plugins = {"embedder": "embedder"}
 
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._stats = {}
-
     def requires(self):
         o = self.options
         need = {o.score_column} if o.score_column else set()
@@ -67,9 +63,6 @@ class DedupSelector(Selector):
         if o.threshold is not None and emb is not None:
             need |= set(emb.requires())
         return need
-
-    def stats(self):
-        return dict(self._stats)
 
     def select(self, rows, context):
         import numpy as np

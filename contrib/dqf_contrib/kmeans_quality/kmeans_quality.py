@@ -107,16 +107,8 @@ class KmeansQualitySelector(Selector):
     Options = KmeansQualityOptions
     nested_plugins = {"embedder": "embedder"}
 
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._stats = {}
-
     def requires(self):
-        emb = self.nested.get("embedder")
-        return {self.options.quality_column} | (set(emb.requires()) if emb is not None else set())
-
-    def stats(self):
-        return dict(self._stats)
+        return {self.options.quality_column} | self.nested_requires("embedder")
 
     def select(self, rows, context):
         import numpy as np

@@ -39,22 +39,13 @@ class KnnDistanceProbe(Probe):
     Options = KnnDistanceOptions
     nested_plugins = {"embedder": "embedder"}
 
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._stats = {}
-
     def columns(self):
         import polars as pl
 
         return {self.options.column: pl.Float64}
 
     def requires(self):
-        emb = self.nested.get("embedder")
-        return set(emb.requires()) if emb is not None else set()
-
-    def stats(self):
-        return dict(self._stats)
-
+        return self.nested_requires("embedder")
 
     def run(self, rows, context):
         import numpy as np

@@ -147,15 +147,11 @@ class LlmJudgeScorer(ModelMixin, Scorer):
 
         return {"llm_judge": pl.Float64, "llm_judge_reason": pl.String}
 
-    def stats(self):
-        return dict(self._stats)
-
     def _count(self, key: str, n: int = 1):
         with self._lock:
             self._stats[key] = self._stats.get(key, 0) + n
 
     # -- identity --------------------------------------------------------------------------
-
 
     def identity(self):
         if self.options.backend == "openai":  # base_url, model, prompt, system, mode are options (in the key)

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import dqf
+from scorer_helpers import scorer_batch
 from dqf_contrib.ask_llm.ask_llm import ASK_LLM_PROMPT, AskLlmScorer
 
 
@@ -25,10 +26,7 @@ def pool_rows(example_pool, n=8, max_words=60):
     return rows
 
 
-def frame(rows):
-    return pl.DataFrame({"id": [str(i) for i in range(len(rows))],
-                         "instruction": [r["instruction"] for r in rows], "input": [r["input"] for r in rows],
-                         "output": [r["output"] for r in rows], "n_turns": [1] * len(rows)})
+frame = scorer_batch
 
 
 @pytest.fixture(scope="module")

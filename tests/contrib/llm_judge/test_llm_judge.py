@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import dqf
+from scorer_helpers import scorer_batch
 from dqf_contrib.llm_judge.llm_judge import (ALPAGASUS_PROMPT, ALPAGASUS_SYSTEM, LlmJudgeScorer, fill_prompt,
                                              parse_score)
 
@@ -42,9 +43,7 @@ def test_parser_gives_null_and_reason(text, reason):
     assert score is None and why.startswith(reason)
 
 
-def frame(rows):
-    return pl.DataFrame({"id": [str(i) for i in range(len(rows))], "instruction": [r[0] for r in rows],
-                         "input": [r[1] for r in rows], "output": [r[2] for r in rows], "n_turns": [1] * len(rows)})
+frame = scorer_batch
 
 
 ROWS = [("Name a color.", "", "Blue."), ("Add the numbers.", "2 and 3", "The sum is 5."),

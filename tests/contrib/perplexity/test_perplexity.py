@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -12,33 +11,18 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import dqf
+from scorer_helpers import answer_nll, scorer_batch, short_pool_rows
 from dqf_contrib.perplexity.perplexity import ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, PerplexityScorer
 
 
 def pool_rows(example_pool, n=10, max_words=60):
-    rows = []
-    for line in example_pool.read_text(encoding="utf-8").splitlines():
-        r = json.loads(line)
-        if len((r["instruction"] + " " + r["input"] + " " + r["output"]).split()) <= max_words and r["output"]:
-            rows.append(r)
-        if len(rows) == n:
-            return rows
-    return rows
+    return short_pool_rows(example_pool, n, max_words)
 
 
-def frame(rows):
-    return pl.DataFrame({"id": [str(i) for i in range(len(rows))],
-                         "instruction": [r["instruction"] for r in rows], "input": [r["input"] for r in rows],
-                         "output": [r["output"] for r in rows], "n_turns": [1] * len(rows)})
+frame = scorer_batch
 
 
-def reference_nll(model, prompt_ids, answer_ids):
-    """One row, straight transformers: labels = -100 on the prompt tokens."""
-    ids = torch.tensor([prompt_ids + answer_ids])
-    labels = ids.clone()
-    labels[0, :len(prompt_ids)] = -100
-    with torch.no_grad():
-        return model(input_ids=ids, labels=labels).loss.item()
+reference_nll = answer_nll
 
 
 @pytest.fixture(scope="module")
