@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from dqf import (BASE_COLUMNS, Embedder, PluginOptions, collate, length_batches, load_model, load_tokenizer,
-                 pick_device, pick_dtype, resolve_model)
+from dqf import (BASE_COLUMNS, Embedder, ModelMixin, PluginOptions, collate, length_batches, load_model,
+                 load_tokenizer)
 
 # The embedding cache hands embed() this many batches' worth of texts per call, so sorting a
 # call's texts by length groups similar lengths and dynamic padding wastes little compute.
@@ -36,7 +36,7 @@ class HfEncoderOptions(PluginOptions):
                                        "Vectors are returned as float32 either way.")
 
 
-class HfEncoderEmbedder(Embedder):
+class HfEncoderEmbedder(ModelMixin, Embedder):
     """Embed texts with a transformers encoder: sorted by length, dynamically padded, CLS or masked-mean pooled."""
 
     name = "hf-encoder"
@@ -49,19 +49,14 @@ class HfEncoderEmbedder(Embedder):
     def __init__(self, options=None):
         super().__init__(options)
         self.batch_size = self.options.batch_size * _BATCHES_PER_CALL
-        self._ref = None
         self.model = None
         self.tokenizer = None
         self.device = None
         self._max_length = self.options.max_length
 
-    def ref(self):
-        if self._ref is None:
-            self._ref = resolve_model(self.options.model)
-        return self._ref
-
     def identity(self):
-        return {"model": self.ref().identity}
+        # The device is left out so CPU and GPU runs share cached vectors; the precision is not.
+        return {"model": self.model_ref().identity, "dtype": self.model_identity()["dtype"]}
 
     def requires(self):
         field = self.options.field
@@ -70,9 +65,8 @@ class HfEncoderEmbedder(Embedder):
     def setup(self):
         if self.model is not None:
             return
-        ref = self.ref()
-        self.device = pick_device(self.options.device)
-        dtype = pick_dtype(self.device, self.options.dtype)
+        ref = self.model_ref()
+        self.device, dtype = self.placement()
         tok = load_tokenizer(ref)
         # CLS pooling reads position 0, so padding must go on the right whatever the tokenizer's default.
         tok.padding_side = "right"

@@ -121,7 +121,7 @@ def test_requires_and_identity(Encoder, bert, tiny_models):
     assert Encoder(Encoder.Options(model=str(bert[0]), field="prompt")).requires() == set()
     assert Encoder(Encoder.Options(model=str(bert[0]), field="category")).requires() == {"category"}
     a = Encoder(Encoder.Options(model=str(bert[0])))
-    assert a.identity() == {"model": dqf.resolve_model(str(bert[0])).identity}
+    assert a.identity() == {"model": dqf.resolve_model(str(bert[0])).identity, "dtype": "float32"}  # no device: CPU and GPU share vectors
     # batch size only changes speed: same cache key; anything that changes the vectors does not
     assert Encoder(Encoder.Options(model=str(bert[0]), batch_size=7)).cache_key() == a.cache_key()
     assert Encoder(Encoder.Options(model=str(bert[0]), pooling="mean")).cache_key() != a.cache_key()
