@@ -22,8 +22,8 @@ import torch
 
 import dqf
 from dqf.cache import default_cache_dir
-from dqf_plugins import _finetune as ft
-from dqf_plugins import _generate as gen
+from dqf import finetune as ft
+from dqf import generate as gen
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT / "examples" / "data" / "alpaca_2k.jsonl"
@@ -60,14 +60,14 @@ def main() -> None:
     # Warm-up: the first call at each new tensor shape pays one-off kernel set-up (oneDNN on CPU), and the
     # KV cache grows a shape per token. The one-at-a-time loop warms itself (its 16 calls repeat shapes);
     # a long run of batches reaches the same steady state, so the batched path gets one full warm-up run.
-    gen.generate(model, tok, prompts[:1], max_new_tokens=args.new_tokens, num_beams=1)
-    gen.generate(model, tok, prompts, max_new_tokens=args.new_tokens, num_beams=1, batch_size=len(prompts))
+    gen.generate_answers(model, tok, prompts[:1], max_new_tokens=args.new_tokens, num_beams=1)
+    gen.generate_answers(model, tok, prompts, max_new_tokens=args.new_tokens, num_beams=1, batch_size=len(prompts))
     t = time.perf_counter()
-    single = [gen.generate(model, tok, [p], max_new_tokens=args.new_tokens, num_beams=1, batch_size=1)[0]
+    single = [gen.generate_answers(model, tok, [p], max_new_tokens=args.new_tokens, num_beams=1, batch_size=1)[0]
               for p in prompts]
     single_s = time.perf_counter() - t
     t = time.perf_counter()
-    batched = gen.generate(model, tok, prompts, max_new_tokens=args.new_tokens, num_beams=1,
+    batched = gen.generate_answers(model, tok, prompts, max_new_tokens=args.new_tokens, num_beams=1,
                            batch_size=len(prompts))
     batched_s = time.perf_counter() - t
     n = len(prompts)
@@ -82,14 +82,14 @@ def main() -> None:
         # The same comparison in bf16 (`dtype = "bfloat16"` in the probe): on CPUs with native bf16 it is
         # the faster precision for both paths.
         m16 = dqf.load_model(ref, "AutoModelForCausalLM", device=device, dtype=torch.bfloat16, cache_dir=cache)
-        gen.generate(m16, tok, prompts[:1], max_new_tokens=args.new_tokens, num_beams=1)
+        gen.generate_answers(m16, tok, prompts[:1], max_new_tokens=args.new_tokens, num_beams=1)
         t = time.perf_counter()
-        single16 = [gen.generate(m16, tok, [p], max_new_tokens=args.new_tokens, num_beams=1, batch_size=1)[0]
+        single16 = [gen.generate_answers(m16, tok, [p], max_new_tokens=args.new_tokens, num_beams=1, batch_size=1)[0]
                     for p in prompts]
         single16_s = time.perf_counter() - t
-        gen.generate(m16, tok, prompts, max_new_tokens=args.new_tokens, num_beams=1, batch_size=n)
+        gen.generate_answers(m16, tok, prompts, max_new_tokens=args.new_tokens, num_beams=1, batch_size=n)
         t = time.perf_counter()
-        batched16 = gen.generate(m16, tok, prompts, max_new_tokens=args.new_tokens, num_beams=1, batch_size=n)
+        batched16 = gen.generate_answers(m16, tok, prompts, max_new_tokens=args.new_tokens, num_beams=1, batch_size=n)
         batched16_s = time.perf_counter() - t
         sp16 = single16_s / batched16_s
         print(f"{'bf16: one prompt at a time':<34}{single16_s:>10.2f}{n / single16_s:>10.2f}")
@@ -105,7 +105,7 @@ def main() -> None:
 
     # LoRA fine-tuning throughput: the probe's loop and default LoRA options, lr raised so steps do something.
     eos = tok.eos_token_id
-    examples = [ft.make_example(p, gen.response_ids(tok, r["instruction"], r["input"], r["output"], args.template, eos),
+    examples = [ft.training_example(p, gen.response_ids(tok, r["instruction"], r["input"], r["output"], args.template, eos),
                                 512) for p, r in zip(prompts, rows)]
     examples = [e for e in examples if e is not None]
     model = dqf.load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype, cache_dir=cache)
@@ -115,7 +115,7 @@ def main() -> None:
     before = ft.response_loss(model, examples, tok.pad_token_id)
     peft_model = ft.add_lora(model, cfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    res = ft.train(peft_model, examples, cfg, pad_id=tok.pad_token_id)
+    res = ft.train_causal_lm(peft_model, examples, cfg, pad_id=tok.pad_token_id)
     after = ft.response_loss(peft_model, examples, tok.pad_token_id)
     print(f"LoRA fine-tune (r={cfg.lora_r}, {trainable / 1e6:.2f}M trainable, batch {cfg.batch_size}): "
           f"{res.steps} steps, {res.tokens:,} tokens in {res.seconds:.1f}s = {res.tokens_per_s:,.0f} tokens/s, "

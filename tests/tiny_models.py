@@ -78,7 +78,9 @@ def tiny_bert(path: Path, seed: int = 0) -> Path:
     return _save(BertModel(cfg), path, path)
 
 
-def tiny_llama(path: Path, seed: int = 0) -> Path:
+def tiny_llama(path: Path, seed: int = 0, initializer_range: float = 0.02) -> Path:
+    """Llama causal LM with tied embeddings. A wider ``initializer_range`` (e.g. 0.2) gives logits enough range
+    that LoRA fine-tuning, which cannot touch the embeddings, moves the loss by nats rather than hundredths."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -87,7 +89,8 @@ def tiny_llama(path: Path, seed: int = 0) -> Path:
     cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
                       pad_token_id=vocab.index("[PAD]"), bos_token_id=vocab.index("<s>"),
-                      eos_token_id=vocab.index("</s>"), tie_word_embeddings=True)
+                      eos_token_id=vocab.index("</s>"), tie_word_embeddings=True,
+                      initializer_range=initializer_range)
     return _save(LlamaForCausalLM(cfg), path, path, chat=True)
 
 

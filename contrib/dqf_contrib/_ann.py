@@ -112,7 +112,8 @@ def greedy_diverse(X, order: Sequence[int], max_sim: float, *, inclusive: bool, 
     ``inclusive=True``: a row is taken when its similarity to every taken row is <= ``max_sim``
     (DEITA's tau); ``inclusive=False``: taken when < ``max_sim`` (dedup: cosine >= threshold is a
     duplicate). Stops after ``limit`` rows are taken. The taken rows live in an exact matrix
-    below ``exact_below`` rows and in an incrementally grown HNSW index above; candidates are
+    while at most ``exact_below`` rows can be taken (``min(n, limit)``), else in an incrementally
+    grown HNSW index; candidates are
     checked a block at a time against that store, then against the rows taken earlier in the
     same block exactly, so the result is the same as checking one row at a time.
     """
@@ -122,7 +123,8 @@ def greedy_diverse(X, order: Sequence[int], max_sim: float, *, inclusive: bool, 
     order = np.asarray(order, dtype=np.int64)
     n, d = X.shape
     limit = n if limit is None else limit
-    use_hnsw = n >= exact_below
+    # the store holds at most `limit` taken rows: its size, not the pool's, decides exact vs HNSW
+    use_hnsw = min(n, limit) >= exact_below
     if use_hnsw:
         hnswlib = require_hnswlib()
         index = hnswlib.Index(space="ip", dim=max(d, 1))

@@ -6,8 +6,8 @@ __version__ = "0.1.0"
 
 from .errors import DataError, DqfError, PluginError, RecipeError
 from .hookspecs import hookimpl
-from .plugin import (BASE_COLUMNS, BudgetOptions, Embedder, Plugin, PluginOptions, PluginSpec, Probe, Scorer, Selector, StepContext,
-                     row_texts)
+from .plugin import (BASE_COLUMNS, DERIVED_COLUMNS, FAILED_COLUMN, BudgetOptions, Embedder, Plugin, PluginOptions,
+                     PluginSpec, Probe, Scorer, Selector, StepContext, row_texts)
 
 __all__ = [
     "__version__",
@@ -22,6 +22,8 @@ __all__ = [
     "PluginSpec",
     "StepContext",
     "BASE_COLUMNS",
+    "DERIVED_COLUMNS",
+    "FAILED_COLUMN",
     "row_texts",
     "length_batches",
     "collate",
@@ -36,6 +38,26 @@ __all__ = [
     "pick_dtype",
     "require",
     "answer_losses",
+    "quantize_int8",
+    "TrainConfig",
+    "TrainResult",
+    "TrainExample",
+    "training_example",
+    "training_examples",
+    "add_lora",
+    "train_causal_lm",
+    "response_loss",
+    "save_trained",
+    "load_adapter",
+    "merged_for_inference",
+    "ALPACA_PROMPT_INPUT",
+    "ALPACA_PROMPT_NO_INPUT",
+    "prepare_tokenizer",
+    "prompt_text",
+    "prompt_ids",
+    "response_ids",
+    "truncate_left",
+    "generate_answers",
     "DqfError",
     "DataError",
     "PluginError",
@@ -76,11 +98,12 @@ def run(path, **kwargs):
     return run_recipe(recipe, host, **kwargs)
 
 
-def missing_dependency(module: str, extra: str | None = None, package: str | None = None) -> DqfError:
-    """The error a plugin raises when an optional heavy library is not installed."""
+def missing_dependency(module: str, extra: str | None = None, package: str | None = None, *,
+                       user: str = "this plugin") -> DqfError:
+    """The error a plugin (or ``user``, e.g. "the Ray engine") raises when an optional heavy library is not installed."""
     pkg = package or module
     hint = f"pip install 'dqf[{extra}]'" if extra else f"pip install {pkg}"
-    return DqfError(f"this plugin needs the Python package {pkg!r}, which is not installed; install it with: {hint}")
+    return DqfError(f"{user} needs the Python package {pkg!r}, which is not installed; install it with: {hint}")
 
 
 _LAZY = {
@@ -89,6 +112,14 @@ _LAZY = {
     "ModelRef": "models", "ModelMixin": "models", "resolve_model": "models", "load_model": "models", "load_tokenizer": "models",
     "pick_device": "models", "pick_dtype": "models", "require": "models",
     "answer_losses": "lm",
+    "quantize_int8": "quantize",
+    "TrainConfig": "finetune", "TrainResult": "finetune", "TrainExample": "finetune",
+    "training_example": "finetune", "training_examples": "finetune", "add_lora": "finetune",
+    "train_causal_lm": "finetune", "response_loss": "finetune", "save_trained": "finetune",
+    "load_adapter": "finetune", "merged_for_inference": "finetune",
+    "ALPACA_PROMPT_INPUT": "generate", "ALPACA_PROMPT_NO_INPUT": "generate", "prepare_tokenizer": "generate",
+    "prompt_text": "generate", "prompt_ids": "generate", "response_ids": "generate", "truncate_left": "generate",
+    "generate_answers": "generate",
 }
 
 

@@ -1,12 +1,33 @@
-"""Atomic file writes: a crash never leaves a half-written file that looks complete."""
+"""Atomic file writes: a crash never leaves a half-written file that looks complete.
+
+A file is written under a temporary name beside its target, ``.<name>.<host>-<pid>.<random>.tmp``,
+flushed, then renamed onto the target in one step (``os.replace``): readers see either no file or
+the whole file, and two writers (two runs sharing a cache) never write into the same temporary.
+A writer killed before its rename leaves only its temporary behind; no reader ever takes it for a
+real file (every reader globs for the final suffix), and :func:`sweep_temporaries` deletes it once
+its writer is known to be dead.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Iterator
+
+#: Temporaries whose writer cannot be checked (another host) are deleted after this long.
+STALE_TEMP_SECONDS = 24 * 3600
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+
+
+_TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
 
 
 @contextlib.contextmanager
@@ -14,7 +35,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -40,3 +61,41 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
 def write_parquet(frame, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         frame.write_parquet(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: a process of another user holds the pid
+        return True
+    return True
+
+
+def sweep_temporaries(directory: str | Path, max_age: float = STALE_TEMP_SECONDS) -> int:
+    """Delete temporaries :func:`atomic_path` left in ``directory`` when their writer died; returns how many.
+
+    A temporary is deleted when it names this host and a process id that no longer exists, or
+    when it is older than ``max_age`` seconds (a writer on another host sharing the folder).
+    Temporaries of live writers are left alone, so this is safe while other runs are writing.
+    """
+    removed = 0
+    host = _host()
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if m is None:
+            continue
+        try:
+            dead = (m["host"] == host and not _alive(int(m["pid"]))) or now - entry.stat().st_mtime > max_age
+            if dead:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:  # renamed or swept by another run meanwhile
+            continue
+    return removed

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .atomic import atomic_open, write_parquet
+from .atomic import atomic_open, sweep_temporaries, write_parquet
 
 if TYPE_CHECKING:
     import polars as pl
@@ -32,12 +32,14 @@ class CacheEntry:
     The key covers plugin name, version, options and model identity; the row id is a hash
     of the row's content. Each batch is its own parquet shard, written with a rename, so a
     killed run loses only the batches in flight and concurrent runs never see torn files.
+    Runs sharing the folder may write shards for the same rows; :meth:`load` keeps one per id.
     """
 
     def __init__(self, directory: Path, plugin: "Plugin", enabled: bool = True):
         self.dir = directory
         self.enabled = enabled
         self.plugin = plugin
+        self._swept = False
 
     def load(self, columns: list[str]) -> "pl.DataFrame | None":
         import polars as pl
@@ -55,12 +57,17 @@ class CacheEntry:
                 continue  # a shard from an older plugin layout: recompute those rows instead of failing
         if not frames:
             return None
-        return pl.concat(frames, how="vertical_relaxed").unique(subset="id", keep="first")
+        # Shards in name order, first one wins: two runs that scored the same rows at once wrote
+        # both, and every later run takes the same one of them.
+        return pl.concat(frames, how="vertical_relaxed").unique(subset="id", keep="first", maintain_order=True)
 
     def write(self, frame: "pl.DataFrame") -> None:
         if not self.enabled or frame.height == 0:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        if not self._swept:  # temporaries of runs killed while writing here (never a live writer's)
+            sweep_temporaries(self.dir)
+            self._swept = True
         meta = self.dir / "plugin.json"
         if not meta.exists():
             with atomic_open(meta) as fh:

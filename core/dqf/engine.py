@@ -15,9 +15,9 @@ from .atomic import atomic_open, write_parquet
 from .cache import ScoreCache
 from .embeddings import EmbeddingStore
 from .errors import DataError, DqfError
-from .plugin import BASE_COLUMNS, Probe, Scorer, Selector, StepContext
+from .plugin import BASE_COLUMNS, DERIVED_COLUMNS, FAILED_COLUMN, Probe, Scorer, Selector, StepContext
 from .progress import Reporter, Timer
-from .readers import display_path, read_input
+from .readers import derive_column, display_path, read_input
 from .recipe import Recipe, Step
 from .writers import write_jsonl, write_selected
 
@@ -71,6 +71,8 @@ class Engine:
         self.embeddings = EmbeddingStore(self.cache.root, enabled=self.cache.enabled)
         self.reporter = reporter or Reporter()
         self._setup_done: set[int] = set()
+        self._raws = None  # id -> _raw of every row read, for derived columns of rows handed in without it
+        self._embed_stats: dict[str, dict] = {}  # step id -> embeddings served from the cache / computed
 
     # -- public -----------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -103,6 +105,7 @@ class Engine:
                                   for line in exc.lines]) from None
             read_seconds = t.seconds
         table = read.frame.with_row_index("_idx")
+        self._raws = table.select("id", "_raw")
         n = table.height
         results: dict[str, Any] = {"input": table["_idx"]}
         status: dict[str, pl.Series] = {}
@@ -152,6 +155,7 @@ class Engine:
                 "where": step.where, "rows_in": sub.height, "rows_out": kept.height,
                 "dropped": sub.height - kept.height, "seconds": round(t.seconds, 4),
                 **({"cache": cache_info} if cache_info is not None else {}),
+                **({"embeddings": self._embed_stats[step.id]} if step.id in self._embed_stats else {}),
                 **({"stats": step.plugin.stats()} if step.plugin.stats() else {}),
             })
 
@@ -173,8 +177,14 @@ class Engine:
             return table.filter(pl.col("_idx").is_in(results[step_id].implode())).drop("_raw")
 
         def embeddings(embedder, texts):
+            t = Timer()
             with self.reporter.task(f"{step.id}: embed ({embedder.name})", None) as advance:
-                return self.embeddings.embed(embedder, texts, advance)
+                out = self.embeddings.embed(embedder, texts, advance)
+            stats = self._embed_stats.setdefault(step.id, {"hits": 0, "computed": 0, "seconds": 0.0})
+            for k, v in getattr(self.embeddings, "last_stats", {}).items():
+                stats[k] = stats.get(k, 0) + v
+            stats["seconds"] = round(stats["seconds"] + t.seconds, 4)
+            return out
 
         def score(scorer, rows):
             scored, _ = self._score_rows(scorer, dict(scorer.columns()), rows, label=f"{step.id}: {scorer.name}",
@@ -225,19 +235,22 @@ class Engine:
             hits = None
             todo = sub
         pieces = [hits.drop("id") if key != "id" else hits] if hits is not None and hits.height else []
+        failed = 0
         if todo.height:
-            if id(scorer) not in self._setup_done:
-                try:
-                    scorer.setup()
-                except DqfError as exc:  # say which step's model failed to load
-                    raise DqfError(*[f"{label}: {line}" for line in exc.lines]) from None
-                self._setup_done.add(id(scorer))
             bs = batch_size or scorer.batch_size
             view = ["id", *[c for c in BASE_COLUMNS if c != "id"], *sorted(scorer.requires())]
+            derived = sorted(set(scorer.requires()) & set(DERIVED_COLUMNS))
+            if derived and "_raw" not in todo.columns:  # rows from a selector's context.score(): look records up
+                todo = todo.join(self._raws, on="id", how="left", maintain_order="left")
             with self.reporter.task(label, todo.height) as advance:
-                for batch in todo.iter_slices(bs):
-                    out = self._check_output(what, columns, scorer.score(batch.select(view)), batch.height)
-                    entry.write(pl.concat([batch.select("id"), out], how="horizontal"))
+                for batch, raw_out in self._scored_batches(scorer, todo, bs, view, derived, key=key, label=label):
+                    out = self._check_output(what, columns, raw_out, batch.height)
+                    done = pl.concat([batch.select("id"), out], how="horizontal")
+                    if FAILED_COLUMN in raw_out.columns:  # transient failures: used now, computed again next run
+                        bad = raw_out[FAILED_COLUMN].cast(pl.Boolean).fill_null(False)
+                        failed += int(bad.sum())
+                        done = done.filter(~bad)
+                    entry.write(done)
                     pieces.append(pl.concat([batch.select(key), out], how="horizontal"))
                     advance(batch.height)
         elif hits is not None:
@@ -246,7 +259,33 @@ class Engine:
             scored = pl.concat(pieces, how="vertical_relaxed")
         else:  # no rows reached this step: its columns still exist, null for every row
             scored = pl.concat([sub.select(key).clear(), pl.DataFrame(schema=columns)], how="horizontal")
-        return scored, {"hits": 0 if hits is None else hits.height, "computed": todo.height}
+        info = {"hits": 0 if hits is None else hits.height, "computed": todo.height}
+        return scored, {**info, "failed": failed} if failed else info
+
+    def _scored_batches(self, scorer: Scorer, todo, batch_size: int, view: list[str], derived: list[str], *,
+                        key: str, label: str):
+        """Yield ``(batch, scorer.score(batch.select(view)))`` over ``todo``, ``batch_size`` rows at a time.
+
+        The one place rows missing from the score cache are computed: a distributed engine
+        (:mod:`dqf.ray_engine`) overrides it. Every row of ``todo`` must come back exactly once,
+        in any order; ``batch`` needs only ``id`` and ``key``; caching, checks and accounting
+        stay with the caller.
+        """
+        if id(scorer) not in self._setup_done:
+            try:
+                scorer.setup()
+            except DqfError as exc:  # say which step's model failed to load
+                raise DqfError(*[f"{label}: {line}" for line in exc.lines]) from None
+            self._setup_done.add(id(scorer))
+        for batch in todo.iter_slices(batch_size):
+            if derived:
+                batch = batch.with_columns(self._derived(derived, batch["_raw"]))
+            yield batch, scorer.score(batch.select(view))
+
+    def _derived(self, names: list[str], raws) -> list:
+        """The derived columns ``names`` (see :data:`dqf.DERIVED_COLUMNS`) of rows whose records are ``raws``."""
+        inp = self.recipe.model.input
+        return [derive_column(c, raws, fmt=inp.format, fields=inp.fields) for c in names]
 
     def _upstream_key(self, step: Step) -> str:
         """Cache keys of the steps that produce the columns ``step`` reads, so changing them invalidates it."""
@@ -361,12 +400,17 @@ class Engine:
                 "quarantine_file": display_path(qpath) if read.quarantined else None,
             },
             "cache": {"dir": str(self.cache.root), "enabled": self.cache.enabled},
+            "engine": self._engine_record(),
         }
         manifest["wall_seconds"] = round(total.seconds, 4)
         with atomic_open(self.run_dir / "manifest.json") as fh:
             json.dump(manifest, fh, indent=2, ensure_ascii=False, default=str)
             fh.write("\n")
         return manifest
+
+    def _engine_record(self) -> dict:
+        """Recorded in the manifest: which engine ran the steps (a distributed engine adds its cluster)."""
+        return {"kind": "local"}
 
     def _plugin_record(self, step: Step) -> dict:
         info = self.host.get({"score": "scorer", "select": "selector", "probe": "probe"}[step.kind], step.plugin.name)
@@ -380,5 +424,9 @@ class Engine:
 
 
 def run_recipe(recipe: Recipe, host, **kwargs) -> RunResult:
-    """Run ``recipe`` with plugins from ``host``; see :class:`Engine` for keyword arguments."""
+    """Run ``recipe`` with plugins from ``host`` on the engine its ``[engine]`` names; see :class:`Engine`."""
+    if recipe.model.engine.kind == "ray":
+        from .ray_engine import RayEngine
+
+        return RayEngine(recipe, host, **kwargs).run()
     return Engine(recipe, host, **kwargs).run()

@@ -110,14 +110,14 @@ def resolve_model(spec: str, base_dir: str | Path | None = None) -> ModelRef:
     return ModelRef(spec, spec, None, {"hub": spec})
 
 
-def require(module: str, package: str | None = None, extra: str | None = None):
+def require(module: str, package: str | None = None, extra: str | None = None, *, user: str = "this plugin"):
     """Import a heavy optional module, or raise a one-line error with the pip command that installs it."""
     try:
         return importlib.import_module(module)
     except ImportError:
         from . import missing_dependency
 
-        raise missing_dependency(module, extra=extra, package=package) from None
+        raise missing_dependency(module, extra=extra, package=package, user=user) from None
 
 
 def pick_device(preference: str = "auto"):

@@ -25,6 +25,17 @@ BASE_COLUMNS: dict[str, str] = {
     "n_turns": "int",
 }
 
+#: Columns a scorer may name in ``requires()`` although no step produces them: the engine derives them
+#: from each row's original record, only for the rows that scorer scores (they are not kept in the
+#: table). ``turns`` is the whole conversation, a list of ``{role, content}`` (see :func:`dqf.rows.conversation`).
+DERIVED_COLUMNS: dict[str, str] = {"turns": "list[struct[role: str, content: str]]"}
+
+#: A Boolean column a scorer may add to what ``score()`` returns: rows where it is true failed for a
+#: reason a rerun may not meet (a request that ran out of retries, a timeout). Their declared columns
+#: are used in this run (typically null, with a reason), but they are **not cached**, so the next run
+#: scores them again. Rows without the flag (or with false) are cached as usual.
+FAILED_COLUMN = "_failed"
+
 
 class PluginOptions(BaseModel):
     """Typed options of a plugin. Unknown keys are errors, so a recipe typo never becomes a silent default."""
@@ -175,7 +186,10 @@ class Scorer(Plugin):
         """Load models or other heavy state. Called once, before the first batch."""
 
     def score(self, batch: "pl.DataFrame") -> "pl.DataFrame":
-        """Return the declared columns for ``batch`` (same height, same row order)."""
+        """Return the declared columns for ``batch`` (same height, same row order).
+
+        May add a Boolean :data:`FAILED_COLUMN` marking rows that failed transiently: those are not cached.
+        """
         raise NotImplementedError
 
 

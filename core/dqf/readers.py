@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .errors import DataError
-from .rows import BadRow, canonicalize
+from .rows import BadRow, canonicalize, conversation
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
+#: Unique rows gathered as Python objects before they are turned into columns (bounds the reader's memory).
+CHUNK_ROWS = 65_536
 _WS = re.compile(r"\s*")
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
@@ -145,8 +147,20 @@ def read_input(
 
     result = ReadResult(frame=None)
     ids: list[str] = []
-    cols: dict[str, list] = {k: [] for k in ("instruction", "input", "output", "n_turns", "copies", "_source", "_raw")}
+    copies: list[int] = []
+    schema = {"instruction": pl.String, "input": pl.String, "output": pl.String, "n_turns": pl.Int32,
+              "_source": pl.String, "_raw": pl.String}
+    cols: dict[str, list] = {k: [] for k in schema}
+    chunks: list[pl.DataFrame] = []
     index: dict[str, int] = {}
+
+    def flush():
+        # Rows become columnar every CHUNK_ROWS, so the Python strings of at most one chunk are alive at a time.
+        if cols["_raw"]:
+            chunks.append(pl.DataFrame(cols, schema=schema))
+            for v in cols.values():
+                v.clear()
+
     for fpath in input_files(Path(path)):
         records, digest = _iter_records(fpath)
         n_file = 0
@@ -167,18 +181,20 @@ def read_input(
                 continue
             pos = index.get(canon.id)
             if pos is not None:
-                cols["copies"][pos] += 1
+                copies[pos] += 1
                 result.duplicates += 1
                 continue
             index[canon.id] = len(ids)
             ids.append(canon.id)
+            copies.append(1)
             cols["instruction"].append(canon.instruction)
             cols["input"].append(canon.input)
             cols["output"].append(canon.output)
             cols["n_turns"].append(canon.n_turns)
-            cols["copies"].append(1)
             cols["_source"].append(source)
             cols["_raw"].append(json.dumps(rec, ensure_ascii=False))
+            if len(cols["_raw"]) >= CHUNK_ROWS:
+                flush()
             if progress is not None and result.rows_read % 4096 == 0:
                 progress(4096)
         result.files.append({"path": display_path(fpath), "sha256": digest, "rows": n_file})
@@ -193,7 +209,29 @@ def read_input(
             f"input.path: none of the {result.rows_read} rows in {display_path(Path(path))} is valid "
             f"(all quarantined; first: {result.quarantined[0]['source']}: {result.quarantined[0]['reason']})"
         )
-    schema = {"id": pl.String, "instruction": pl.String, "input": pl.String, "output": pl.String,
-              "n_turns": pl.Int32, "copies": pl.Int32, "_source": pl.String, "_raw": pl.String}
-    result.frame = pl.DataFrame({"id": ids, **cols}, schema=schema)
+    flush()
+    del index
+    rest = pl.concat(chunks, rechunk=False) if len(chunks) > 1 else chunks[0]
+    chunks.clear()
+    result.frame = rest.select(
+        pl.Series("id", ids, dtype=pl.String), *list(schema)[:4],
+        pl.Series("copies", copies, dtype=pl.Int32), *list(schema)[4:])
     return result
+
+
+def derive_column(name: str, raws, *, fmt: str = "auto", fields: Mapping[str, str] | None = None):
+    """The derived column ``name`` (see :data:`dqf.DERIVED_COLUMNS`) of rows whose ``_raw`` records are ``raws``.
+
+    ``turns``: each row's conversation as a list of ``{role, content}`` (:func:`dqf.rows.conversation`),
+    parsed again from the record with the recipe's ``input.format`` and ``input.fields``. Null where a row
+    has no record (a frame a plugin built itself).
+    """
+    import polars as pl
+
+    if name != "turns":
+        raise ValueError(f"unknown derived column {name!r}")
+    dtype = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+    values = [None if raw is None else
+              [{"role": r, "content": c} for r, c in conversation(json.loads(raw), fmt, fields)]
+              for raw in raws]
+    return pl.Series(name, values, dtype=dtype)

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from .errors import DqfError, PluginError, RecipeError
-from .plugin import BASE_COLUMNS, Plugin, Probe, Scorer
+from .plugin import BASE_COLUMNS, DERIVED_COLUMNS, Plugin, Probe, Scorer
 
 STEP_KINDS = ("score", "select", "probe")
 _KIND_OF = {"score": "scorer", "select": "selector", "probe": "probe"}
@@ -46,6 +46,25 @@ class CacheConfig(_Strict):
     enabled: bool = True
 
 
+class WorkerConfig(_Strict):
+    """How the Ray engine runs a plugin's batches on the cluster (ignored by the local engine)."""
+
+    compute: Literal["auto", "actors", "tasks"] = "auto"  # auto: actors for plugins with a model or setup()
+    concurrency: Optional[PositiveInt] = None  # actors in the pool (default: GPUs / num_gpus, else 1) or tasks at once
+    num_cpus: Optional[float] = Field(default=None, gt=0)
+    num_gpus: Optional[float] = Field(default=None, ge=0)
+
+
+class EngineConfig(WorkerConfig):
+    """``[engine]``: where steps run. The defaults above apply to every step; ``steps.<id>`` and
+    ``plugins.<name>`` override them (a step's settings win over its plugin's)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: Optional[str] = None  # Ray: "auto", "ray://host:10001", ...; default: RAY_ADDRESS or a local cluster
+    steps: dict[str, WorkerConfig] = {}
+    plugins: dict[str, WorkerConfig] = {}
+
+
 class StepConfig(_Strict):
     id: str
     from_: Optional[str] = Field(default=None, alias="from")
@@ -63,6 +82,7 @@ class RecipeModel(_Strict):
     input: InputConfig
     output: OutputConfig
     cache: CacheConfig = CacheConfig()
+    engine: EngineConfig = EngineConfig()
     steps: list[StepConfig] = Field(min_length=1)
 
 
@@ -257,6 +277,7 @@ def _validate(path, label, raw, model, host, errors):
     for j, sel in enumerate(model.output.select or []):
         if sel not in ids and sel != "input":
             errors.append(f"output.select[{j}]: no step with id {sel!r} ({_known(ids)})")
+    errors.extend(_check_engine(model.engine, ids, steps))
     if errors:
         raise RecipeError(*[f"{label}: {e}" for e in errors])
 
@@ -321,6 +342,23 @@ def instantiate(host, kind: str, spec: Any, keypath: str, errors: list[str]) -> 
     return plugin if ok else None
 
 
+def _check_engine(engine: EngineConfig, ids, steps: list[Step]) -> list[str]:
+    """``engine.steps`` and ``engine.plugins`` must name steps and plugins of this recipe."""
+    names: set[str] = set()
+
+    def walk(p: Plugin):
+        names.add(p.name)
+        for child in p.nested.values():
+            walk(child)
+
+    for s in steps:
+        walk(s.plugin)
+    errors = [f"engine.steps.{sid}: no step with id {sid!r} ({_known(ids)})" for sid in engine.steps if sid not in ids]
+    errors += [f"engine.plugins.{name}: no plugin of this recipe is named {name!r} (plugins: {', '.join(sorted(names))})"
+               for name in engine.plugins if name not in names]
+    return errors
+
+
 def _known(ids) -> str:
     return "steps: " + ", ".join(sorted(ids)) if ids else "no steps"
 
@@ -362,6 +400,8 @@ def _check_columns(recipe: Recipe) -> list[str]:
         for c in s.columns:
             if c in BASE_COLUMNS:
                 errors.append(f"{s.key}.{s.kind}: column {c!r} would overwrite a base column")
+            elif c in DERIVED_COLUMNS:
+                errors.append(f"{s.key}.{s.kind}: column {c!r} is a name dqf derives for scorers (DERIVED_COLUMNS)")
             elif c in producers:
                 errors.append(f"{s.key}.{s.kind}: column {c!r} is also produced by step {producers[c]!r}")
             else:
@@ -380,7 +420,8 @@ def _check_columns(recipe: Recipe) -> list[str]:
             for c in sorted(needed - own):
                 errors.append(f"{s.key}.where: column {c!r} is not produced by this step or an earlier step on its path "
                               f"({_avail(own)})")
-        for c in sorted(set(s.plugin.requires()) - available):
+        readable = available | set(DERIVED_COLUMNS) if s.kind == "score" else available  # derived: scorers only
+        for c in sorted(set(s.plugin.requires()) - readable):
             errors.append(f"{s.key}.{s.kind}: needs column {c!r}, which no earlier step on its path produces "
                           f"({_avail(available)})")
     return errors

@@ -88,12 +88,8 @@ def _turns(record: Mapping, key: str, role_key: str, text_key: str) -> list[tupl
     return out
 
 
-def canonicalize(record: Any, fmt: str = "auto", fields: Mapping[str, str] | None = None) -> Canonical:
-    """Map one input record to its canonical view, raising :class:`BadRow` if it does not fit ``fmt``.
-
-    Multi-turn rows keep every turn in the original record; the canonical view is the first
-    user turn (instruction) and the assistant reply that follows it (output).
-    """
+def _format_of(record: Any, fmt: str, fields: Mapping[str, str] | None) -> tuple[str, dict[str, str]]:
+    """The concrete format of ``record`` (``auto`` resolved) and the field names to read."""
     if not isinstance(record, Mapping):
         raise BadRow(f"expected a JSON object, got {_typename(record)}")
     f = {"instruction": "instruction", "input": "input", "output": "output",
@@ -105,6 +101,36 @@ def canonicalize(record: Any, fmt: str = "auto", fields: Mapping[str, str] | Non
             fmt = "messages"
         else:
             fmt = "alpaca"
+    return fmt, f
+
+
+def conversation(record: Any, fmt: str = "auto", fields: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """Every turn of ``record`` as ``(role, text)``, roles canonical (user, assistant, system, tool).
+
+    A chat record gives all its turns in order. An alpaca record gives two: the user turn (the
+    instruction, then a newline and the input when there is one, as ``row_texts(rows, "prompt")``)
+    and the assistant turn (the output). Raises :class:`BadRow` like :func:`canonicalize`.
+    """
+    fmt, f = _format_of(record, fmt, fields)
+    if fmt == "alpaca":
+        instruction = _text(record, f["instruction"], required=True)
+        inp = _text(record, f["input"], required=False)
+        return [("user", f"{instruction}\n{inp}" if inp else instruction),
+                ("assistant", _text(record, f["output"], required=True))]
+    if fmt == "sharegpt":
+        return _turns(record, f["conversations"], "from", "value")
+    if fmt == "messages":
+        return _turns(record, f["messages"], "role", "content")
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def canonicalize(record: Any, fmt: str = "auto", fields: Mapping[str, str] | None = None) -> Canonical:
+    """Map one input record to its canonical view, raising :class:`BadRow` if it does not fit ``fmt``.
+
+    Multi-turn rows keep every turn in the original record; the canonical view is the first
+    user turn (instruction) and the assistant reply that follows it (output).
+    """
+    fmt, f = _format_of(record, fmt, fields)
     if fmt == "alpaca":
         instruction = _text(record, f["instruction"], required=True)
         inp = _text(record, f["input"], required=False)

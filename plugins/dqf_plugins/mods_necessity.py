@@ -12,10 +12,9 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
-from dqf import DqfError, PluginOptions, PluginSpec, Probe, load_model, load_tokenizer, pick_device, pick_dtype, \
-    resolve_model
-
-from . import _finetune, _generate
+from dqf import (DqfError, PluginOptions, PluginSpec, Probe, TrainConfig, add_lora, generate_answers, load_adapter,
+                 load_model, load_tokenizer, merged_for_inference, pick_device, pick_dtype, prepare_tokenizer,
+                 prompt_ids, resolve_model, save_trained, train_causal_lm, training_examples, truncate_left)
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -245,9 +244,8 @@ class ModsNecessityProbe(Probe):
             model, tok = self._model(context, model_key, train_rows, device, dtype)
             prompts, cut = [], 0
             for i in todo:
-                p, was_cut = _generate.truncate_left(
-                    _generate.prompt_ids(tok, rows["instruction"][i], rows["input"][i], o.prompt_template),
-                    o.max_prompt_length)
+                p, was_cut = truncate_left(prompt_ids(tok, rows["instruction"][i], rows["input"][i], o.prompt_template),
+                                           o.max_prompt_length)
                 prompts.append(p)
                 cut += was_cut
             st["prompts_truncated"] = cut
@@ -261,8 +259,8 @@ class ModsNecessityProbe(Probe):
                     cached.update(zip(batch_ids, texts))
                     advance(len(positions))
 
-                _generate.generate(model, tok, prompts, max_new_tokens=o.max_new_tokens, num_beams=o.num_beams,
-                                   batch_size=o.batch_size, on_batch=keep)
+                generate_answers(model, tok, prompts, max_new_tokens=o.max_new_tokens, num_beams=o.num_beams,
+                                 batch_size=o.batch_size, on_batch=keep)
             seconds = time.perf_counter() - start
             st["generated_rows"] = len(todo)
             st["generation_seconds"] = round(seconds, 3)
@@ -276,7 +274,7 @@ class ModsNecessityProbe(Probe):
 
         o, st = self.options, self._stats
         tok = load_tokenizer(self._ref, cache_dir=context.cache_dir)
-        _generate.prepare_tokenizer(tok)
+        prepare_tokenizer(tok)
         if not o.finetune:
             return load_model(self._ref, "AutoModelForCausalLM", device=device, dtype=dtype,
                               cache_dir=context.cache_dir), tok
@@ -287,7 +285,7 @@ class ModsNecessityProbe(Probe):
             if o.method == "lora":
                 base = load_model(self._ref, "AutoModelForCausalLM", device=device, dtype=dtype,
                                   cache_dir=context.cache_dir)
-                return _finetune.load_adapter(base, art), tok
+                return load_adapter(base, art), tok
             return load_model(resolve_model(str(art)), "AutoModelForCausalLM", device=device, dtype=dtype), tok
 
         # Full fine-tuning keeps fp32 master weights (bf16 AdamW updates underflow); half precision runs via autocast.
@@ -299,16 +297,9 @@ class ModsNecessityProbe(Probe):
             eos = eos[0]
         if eos is None:
             raise DqfError(f"model {o.base_model!r}: the tokenizer has no eos token, so answers cannot be terminated")
-        examples, dropped = [], 0
-        for r in train_rows.select("instruction", "input", "output").iter_rows():
-            ex = _finetune.make_example(_generate.prompt_ids(tok, r[0], r[1], o.prompt_template),
-                                        _generate.response_ids(tok, r[0], r[1], r[2], o.prompt_template, eos),
-                                        o.max_length)
-            if ex is None:
-                dropped += 1
-            else:
-                examples.append(ex)
-        cfg = _finetune.TrainConfig(
+        examples, dropped = training_examples(tok, train_rows.select("instruction", "input", "output").iter_rows(),
+                                              template=o.prompt_template, max_length=o.max_length, eos_id=eos)
+        cfg = TrainConfig(
             method=o.method, lora_r=o.lora_r, lora_alpha=o.lora_alpha, lora_dropout=o.lora_dropout,
             lora_target_modules=o.lora_target_modules if isinstance(o.lora_target_modules, str)
             else tuple(o.lora_target_modules),
@@ -317,21 +308,21 @@ class ModsNecessityProbe(Probe):
             gradient_accumulation_steps=o.gradient_accumulation_steps, max_steps=o.max_train_steps,
             gradient_checkpointing=o.gradient_checkpointing, seed=context.seed)
         if o.method == "lora":
-            model = _finetune.add_lora(model, cfg)
-        result = _finetune.train(
+            model = add_lora(model, cfg)
+        result = train_causal_lm(
             model, examples, cfg, pad_id=tok.pad_token_id, autocast_dtype=None if dtype == torch.float32 else dtype,
             progress=lambda total: context.progress(f"{context.step_id}: fine-tune ({o.method})", total))
         meta = {"base_model": o.base_model, "base_identity": self._ref.identity, "options": self._train_options(),
                 "seed": context.seed, "dtype": str(dtype), "train_rows": len(train_rows), "examples": result.examples,
                 "steps": result.steps, "tokens": result.tokens, "seconds": result.seconds,
                 "epoch_losses": result.epoch_losses}
-        _finetune.save(model, art, meta)
+        save_trained(model, art, meta)
         st.update({"finetune": "trained", "artifact": str(art), "train_rows": len(train_rows),
                    "train_rows_cut_off": dropped, "train_steps": result.steps, "train_tokens": result.tokens,
                    "train_seconds": round(result.seconds, 3), "train_tokens_per_s": round(result.tokens_per_s, 1),
                    "train_loss_first_epoch": round(result.epoch_losses[0], 4),
                    "train_loss_last_epoch": round(result.epoch_losses[-1], 4)})
-        model = _finetune.merged_for_inference(model, o.method)
+        model = merged_for_inference(model, o.method)
         return model.to(dtype), tok
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import warnings
 from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
 from dqf import (DqfError, ModelMixin, PluginOptions, Scorer, collate, length_batches, load_model, load_tokenizer,
-                 require, row_texts)
+                 quantize_int8, require, row_texts)
 
 DEFAULT_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
 
@@ -29,13 +28,14 @@ class RewardModelOptions(PluginOptions):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto: bfloat16 (or float16) on a GPU, float32 on CPU.")
     quantize: Literal["none", "int8"] = Field(
-        default="none", description="int8: dynamic int8 quantization of the Linear layers, per-channel weights "
-                                    "(CPU only; faster, scores shift slightly).")
+        default="none", description="int8: the Linear layers (the head aside) run in int8, per-channel weights and "
+                                    "per-token activations (dqf.quantize_int8; CPU only; faster, scores shift "
+                                    "slightly).")
 
     @model_validator(mode="after")
     def _int8_is_cpu_fp32(self):
         if self.quantize == "int8" and self.device in ("cuda", "mps"):
-            raise ValueError(f"quantize = 'int8' runs on CPU only (torch dynamic quantization); "
+            raise ValueError(f"quantize = 'int8' runs on CPU only (int8 CPU kernels); "
                              f"set device = 'cpu' or 'auto', or quantize = 'none' to use {self.device}")
         if self.quantize == "int8" and self.dtype not in ("auto", "float32"):
             raise ValueError(f"quantize = 'int8' needs float32 activations; dtype = {self.dtype!r} cannot be combined "
@@ -94,7 +94,8 @@ class RewardModelScorer(ModelMixin, Scorer):
         return "cpu" if self.options.quantize == "int8" else self.options.device  # int8 kernels are CPU-only
 
     def identity(self):
-        return {**self.model_identity(), "quantize": self.options.quantize}
+        # the int8 scheme is named so that scores of an earlier scheme are never served from the cache
+        return {**self.model_identity(), "quantize": "int8-per-token" if self.options.quantize == "int8" else "none"}
 
     def columns(self):
         import polars as pl
@@ -130,13 +131,8 @@ class RewardModelScorer(ModelMixin, Scorer):
             raise DqfError(f"reward-model: model {self.options.model!r} has {cfg.num_labels} output labels; a reward "
                            f"model has exactly one (config.num_labels = 1)")
         if self.options.quantize == "int8":
-            tq = torch.ao.quantization
-            with warnings.catch_warnings():
-                # torch.ao dynamic quantization still works but warns about its future move to torchao
-                warnings.simplefilter("ignore")
-                # per-channel weight scales run as fast as one scale per tensor on x86, and keep the ranking
-                # closer to fp32 (bench/reward.py)
-                model = tq.quantize_dynamic(model, {torch.nn.Linear: tq.per_channel_dynamic_qconfig}, dtype=torch.qint8)
+            # the one-logit head stays float32: its output is the score itself
+            model = quantize_int8(model, skip=("classifier",))
         self._max_length = self._effective_max_length(tokenizer, cfg)
         self._tokenizer, self._model = tokenizer, model
 

@@ -332,8 +332,77 @@ def test_module_import_and_cpu_run_do_not_import_torch():
             "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
             "import numpy as np\n"
             "X = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)\n"
-            "assert len(set(mod.kcenter_greedy(X, 5, device='cpu'))) == 5\n"
+            "assert len(set(mod.kcenter_greedy(X, 5, device='numpy'))) == 5\n"
+            "assert len(set(mod.kcenter_greedy(X, 5, device='cpu', fp16_screen=False))) == 5\n"
             "print('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert importlib.util.find_spec("torch") is not None  # so the check above was meaningful
+
+
+# ---------------------------------------------------------------------------------------------
+# float16 screen: it may only skip rows whose float32 distance it proves cannot improve
+
+
+SCREEN_CASES = [(gaussian, 0, 400, 32), (gaussian, 1, 600, 64), (gaussian, 4, 300, 8), (grid, 2, 300, 16),
+                (grid, 3, 200, 64)]
+
+
+@pytest.mark.parametrize("make,seed,n,d", SCREEN_CASES)
+def test_fp16_screen_gives_the_float32_picks(make, seed, n, d):
+    X = make(seed, n, d)
+    plain = kcenter_greedy(X, n // 2, first=0, fp16_screen=False)
+    assert kcenter_greedy(X, n // 2, first=0, fp16_screen=True) == plain
+    if make is grid:  # exact ties: both must also equal the float64 reference
+        assert plain == naive_kcenter(X, n // 2, first=0)
+
+
+@pytest.mark.parametrize("make", [gaussian, grid])
+def test_fp16_screen_with_already_selected_and_large_offsets(make):
+    X = make(7, 500, 32)
+    X[:, :4] += 1000  # a large common component: the centred float16 copy must not lose it
+    already = np.arange(0, 500, 25)
+    plain = kcenter_greedy(X, 100, already_selected=already, fp16_screen=False)
+    assert kcenter_greedy(X, 100, already_selected=already, fp16_screen=True) == plain
+
+
+def clustered(seed, n, d, clusters=8):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d)) * 4
+    return (centres[rng.integers(clusters, size=n)] + rng.standard_normal((n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fp16_screen_candidates_hold_every_row_the_new_centre_improves(seed):
+    """The screen's invariant, checked step by step against full float32 distances: every row whose
+    distance to the new centre is below its current nearest-centre distance is a candidate, and on
+    clustered data most rows are not (so the screen does save reads)."""
+    X = clustered(seed, 2000, 48)
+    n = len(X)
+    Xw = np.ascontiguousarray(X)
+    mu = Xw.mean(axis=0).astype(np.float32)
+    sqn = np.einsum("ij,ij->i", Xw - mu, Xw - mu).astype(np.float32)
+    screen = kc._Fp16Screen.build(Xw, mu, sqn, C0=Xw[0] - mu, calibrate=False)
+    mind = np.full(n, np.inf, dtype=np.float32)
+    idx, sizes = 0, []
+    for _ in range(60):
+        C = Xw[idx] - mu
+        const = np.float32(sqn[idx] + 2 * float(C.astype(np.float64) @ mu.astype(np.float64)))
+        full = np.maximum(Xw @ C * -2 + sqn + const, 0)
+        cand = screen.candidates(idx, C, const, mind)
+        if cand is not None:
+            improved = np.flatnonzero(full < mind)
+            assert np.isin(improved, cand).all()
+            sizes.append(cand.size)
+        mind = np.minimum(mind, full)
+        mind[idx] = -1
+        idx = int(np.argmax(mind))
+    assert sizes and np.median(sizes) < n / 4
+
+
+def test_fp16_screen_argument_errors():
+    X = gaussian(3, 50, 4)
+    with pytest.raises(ValueError, match="fp16_screen"):
+        kcenter_greedy(X, 5, fp16_screen="yes")
+    with pytest.raises(ValueError, match="needs torch"):
+        kcenter_greedy(X, 5, device="numpy", fp16_screen=True)

@@ -10,8 +10,8 @@ import pytest
 
 import dqf
 from dqf import DqfError, RecipeError
-from dqf_plugins import _finetune as ft
-from dqf_plugins import _generate as gen
+from dqf import finetune as ft
+from dqf import generate as gen
 
 POOL = Path(__file__).resolve().parents[2] / "examples" / "data" / "alpaca_2k.jsonl"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -35,7 +35,7 @@ def load(path: str, **kw):
 
 
 def examples(tok, rows, template="alpaca", max_length=128):
-    out = [ft.make_example(gen.prompt_ids(tok, r["instruction"], r["input"], template),
+    out = [ft.training_example(gen.prompt_ids(tok, r["instruction"], r["input"], template),
                            gen.response_ids(tok, r["instruction"], r["input"], r["output"], template, tok.eos_token_id),
                            max_length) for r in rows]
     assert all(e is not None for e in out)
@@ -53,12 +53,12 @@ def test_alpaca_prompt_and_labels_cover_only_the_response(llama):
     prompt = gen.prompt_ids(tok, "Add the numbers.", "2 and 3", "alpaca")
     response = gen.response_ids(tok, "Add the numbers.", "2 and 3", "The sum is 5.", "alpaca", tok.eos_token_id)
     assert response[-1] == tok.eos_token_id
-    ex = ft.make_example(prompt, response, max_length=512)
+    ex = ft.training_example(prompt, response, max_length=512)
     assert ex.input_ids == prompt + response
     assert ex.labels == [ft.IGNORE_INDEX] * len(prompt) + response
-    cut = ft.make_example(prompt, response, max_length=len(prompt) + 2)
+    cut = ft.training_example(prompt, response, max_length=len(prompt) + 2)
     assert cut.labels[len(prompt):] == response[:2]
-    assert ft.make_example(prompt, response, max_length=len(prompt)) is None  # no response token left
+    assert ft.training_example(prompt, response, max_length=len(prompt)) is None  # no response token left
 
 
 def test_chat_template_response_ends_with_the_templates_end_marker(llama):
@@ -81,7 +81,7 @@ def test_lora_finetune_lowers_seed_loss_and_saved_adapter_reproduces_it(llama, t
     peft_model = ft.add_lora(model, cfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     assert 0 < trainable < sum(p.numel() for p in peft_model.parameters()) / 4
-    result = ft.train(peft_model, ex, cfg, pad_id=tok.pad_token_id)
+    result = ft.train_causal_lm(peft_model, ex, cfg, pad_id=tok.pad_token_id)
     after = ft.response_loss(peft_model, ex, tok.pad_token_id)
     assert result.steps == 8 and result.tokens > 0 and len(result.epoch_losses) == 4
     assert after < before - 0.05, (before, after)
@@ -89,7 +89,7 @@ def test_lora_finetune_lowers_seed_loss_and_saved_adapter_reproduces_it(llama, t
     base_now = peft_model.get_base_model().state_dict()
     assert all(bool((base_now[k] == v).all()) for k, v in base_state.items() if k in base_now)
 
-    ft.save(peft_model, tmp_path / "adapter", {"steps": result.steps})
+    ft.save_trained(peft_model, tmp_path / "adapter", {"steps": result.steps})
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "adapter" / "train.json").read_text())["steps"] == 8
     fresh, _ = load(llama)
@@ -103,11 +103,11 @@ def test_full_finetune_lowers_seed_loss_and_saved_weights_reproduce_it(llama, tm
     before = ft.response_loss(model, ex, tok.pad_token_id)
     cfg = ft.TrainConfig(method="full", learning_rate=1e-2, epochs=2, batch_size=2, gradient_accumulation_steps=2,
                          warmup_ratio=0.1, seed=0)
-    result = ft.train(model, ex, cfg, pad_id=tok.pad_token_id)
+    result = ft.train_causal_lm(model, ex, cfg, pad_id=tok.pad_token_id)
     after = ft.response_loss(model, ex, tok.pad_token_id)
     assert result.steps == 4  # 4 micro-batches per epoch, 2 per optimizer step, 2 epochs
     assert after < before - 0.5, (before, after)
-    ft.save(model, tmp_path / "full", {})
+    ft.save_trained(model, tmp_path / "full", {})
     reloaded = dqf.load_model(dqf.resolve_model(str(tmp_path / "full")), "AutoModelForCausalLM")
     assert ft.response_loss(reloaded, ex, tok.pad_token_id) == pytest.approx(after, abs=1e-4)
 
@@ -115,7 +115,7 @@ def test_full_finetune_lowers_seed_loss_and_saved_weights_reproduce_it(llama, tm
 def test_max_train_steps_caps_training(llama):
     model, tok = load(llama)
     cfg = ft.TrainConfig(method="full", epochs=5, batch_size=2, max_steps=3)
-    assert ft.train(model, examples(tok, pool_rows(8)), cfg, pad_id=tok.pad_token_id).steps == 3
+    assert ft.train_causal_lm(model, examples(tok, pool_rows(8)), cfg, pad_id=tok.pad_token_id).steps == 3
 
 
 def test_unknown_lora_target_names_the_models_linear_layers(llama):
@@ -145,8 +145,8 @@ def test_batched_left_padded_generation_equals_one_prompt_at_a_time(llama, num_b
     rows = pool_rows(10)
     prompts = [gen.prompt_ids(tok, r["instruction"], r["input"], "alpaca") for r in rows]
     assert len({len(p) for p in prompts}) >= 5  # real padding happens inside each batch
-    batched = gen.generate(model, tok, prompts, max_new_tokens=8, num_beams=num_beams, batch_size=4)
-    single = [gen.generate(model, tok, [p], max_new_tokens=8, num_beams=num_beams, batch_size=1)[0] for p in prompts]
+    batched = gen.generate_answers(model, tok, prompts, max_new_tokens=8, num_beams=num_beams, batch_size=4)
+    single = [gen.generate_answers(model, tok, [p], max_new_tokens=8, num_beams=num_beams, batch_size=1)[0] for p in prompts]
     assert batched == single
     assert all(t for t in batched) and len(set(batched)) >= 8  # answers depend on the prompt
 
@@ -155,7 +155,7 @@ def test_generate_reports_each_batch_in_length_order(llama):
     model, tok = load(llama)
     prompts = [gen.prompt_ids(tok, r["instruction"], r["input"], "alpaca") for r in pool_rows(5)]
     seen = []
-    out = gen.generate(model, tok, prompts, max_new_tokens=3, batch_size=2, on_batch=lambda pos, t: seen.append(pos))
+    out = gen.generate_answers(model, tok, prompts, max_new_tokens=3, batch_size=2, on_batch=lambda pos, t: seen.append(pos))
     assert sorted(p for batch in seen for p in batch) == list(range(5))
     lengths = [len(prompts[p]) for batch in seen for p in batch]
     assert lengths == sorted(lengths, reverse=True)
@@ -313,7 +313,7 @@ def test_recipe_end_to_end_then_rerun_trains_and_generates_nothing(tmp_path, mod
     tuned = ft.load_adapter(base, adapter)
     prompts = [gen.prompt_ids(tok, r["instruction"], r["input"], "alpaca")
                for r in first.selected.iter_rows(named=True)]
-    again = gen.generate(tuned, tok, prompts, max_new_tokens=8, num_beams=2, batch_size=4)
+    again = gen.generate_answers(tuned, tok, prompts, max_new_tokens=8, num_beams=2, batch_size=4)
     by_id = dict(zip(rows["id"], rows["generated"]))
     assert again == [by_id[i] for i in first.selected["id"]]
 
@@ -348,7 +348,7 @@ def test_finetune_false_probes_the_base_model(tmp_path, mods, llama, isolated_ca
     base, tok = load(llama)
     selected = res.selected
     prompts = [gen.prompt_ids(tok, r["instruction"], r["input"], "alpaca") for r in selected.iter_rows(named=True)]
-    direct = gen.generate(base, tok, prompts, max_new_tokens=6, batch_size=8)
+    direct = gen.generate_answers(base, tok, prompts, max_new_tokens=6, batch_size=8)
     by_id = dict(zip(res.rows["id"], res.rows["generated"]))
     assert direct == [by_id[i] for i in selected["id"]]
 

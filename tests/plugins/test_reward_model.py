@@ -180,7 +180,7 @@ def test_int8_runs_and_ranks_like_fp32(RM, varied, reference):
     assert np.abs(got - reference).max() > 1e-6  # the weights really were quantized
     assert spearman(got, reference) >= 0.9
     fp32 = RM(RM.Options(model=str(varied)))
-    assert scorer.identity()["quantize"] == "int8" and scorer.cache_key() != fp32.cache_key()
+    assert scorer.identity()["quantize"] == "int8-per-token" and scorer.cache_key() != fp32.cache_key()
 
 
 def test_int8_rejected_on_gpu_and_with_half_precision(RM):

@@ -1,4 +1,4 @@
-"""Entry point of the `deita-complexity` and `deita-quality` scorers (DEITA's LLM scorers)."""
+"""Entry point of the `deita-complexity`, `deita-quality` and `deita-score` scorers (DEITA's LLM scorers)."""
 
 from dqf import hookimpl
 
@@ -7,6 +7,8 @@ from dqf import hookimpl
 def dqf_register_scorers(register):
     from .complexity import DeitaComplexityScorer
     from .quality import DeitaQualityScorer
+    from .score import DeitaScoreScorer
 
     register(DeitaComplexityScorer)
     register(DeitaQualityScorer)
+    register(DeitaScoreScorer)

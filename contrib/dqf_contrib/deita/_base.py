@@ -1,4 +1,4 @@
-"""What the two DEITA scorers share: the expected score over the tokens "1".."6" after a prompt."""
+"""What the two DEITA scorers share: the expected score over the tokens "1".."6" after a prompt, per turn."""
 
 from __future__ import annotations
 
@@ -31,15 +31,42 @@ def question(instruction: str, input_: str) -> str:
     return f"{instruction}\n{input_}" if input_ else instruction
 
 
+def turn_pairs(turns) -> list[tuple[str, str]]:
+    """``(query, response)`` for each user turn of a conversation (a list of ``{role, content}``).
+
+    The response is the first assistant turn after the query and before the next user turn, or
+    ``""`` when there is none (as DEITA scores a conversation's last, unanswered query). System and
+    tool turns are skipped; no turn sees the turns before it (DEITA scores each pair on its own).
+    """
+    pairs: list[tuple[str, str]] = []
+    answered = True
+    for t in turns:
+        role, content = t["role"], t["content"] or ""
+        if role == "user":
+            pairs.append((content, ""))
+            answered = False
+        elif role == "assistant" and not answered:
+            pairs[-1] = (pairs[-1][0], content)
+            answered = True
+    return pairs
+
+
 class DeitaOptions(CausalLMOptions):
     max_length: int = Field(default=2048, gt=0, description="Most prompt tokens; longer texts lose their end "
                                                             "(the response first, then the query). Also capped "
                                                             "by the model's max_position_embeddings.")
-    column: str = Field(default="", description="Output column (default: the scorer's).")
+    column: str = Field(default="", description="Output column (default: the scorer's); the per-turn scores go "
+                                                "to `<column>_turns`.")
 
 
 class DeitaScorer(CausalLMScorer):
-    """Σ i · softmax(logits of "1".."6")_i at the first generated position (a score in [1, 6])."""
+    """Σ i · softmax(logits of "1".."6")_i at the first generated position (a score in [1, 6]), for every turn.
+
+    Each user turn of a row (with the reply to it) is one prompt; ``<column>_turns`` holds the
+    turns' scores in order and ``<column>`` their mean (the score itself for a one-turn row).
+    Rows come with the derived ``turns`` column; a batch without it (a direct call) is scored
+    on its canonical view, one turn per row.
+    """
 
     default_column = ""
 
@@ -50,13 +77,19 @@ class DeitaScorer(CausalLMScorer):
     def columns(self):
         import polars as pl
 
-        return {self.column: pl.Float64}
+        return {self.column: pl.Float64, f"{self.column}_turns": pl.List(pl.Float64)}
+
+    def requires(self):
+        return {"turns"}
 
     def stats(self):
         if self._max_length is None:
             return {}
-        return {"rows_scored": self._scored, "truncated_rows": self._truncated, "max_length": self._max_length,
-                "first_turn_only_rows": self._multi_turn}
+        st = {"rows_scored": self._scored, "turns_scored": self._turns, "multi_turn_rows": self._multi,
+              "truncated_turns": self._truncated, "max_length": self._max_length}
+        if self._first_turn_only:
+            st["first_turn_only_rows"] = self._first_turn_only
+        return st
 
     def setup(self):
         super().setup()
@@ -64,7 +97,7 @@ class DeitaScorer(CausalLMScorer):
 
     def __init__(self, options=None):
         super().__init__(options)
-        self._multi_turn = 0
+        self._turns = self._multi = self._first_turn_only = 0
 
     def _enc(self, text: str, special: bool) -> list[int]:
         return list(self._tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
@@ -96,8 +129,23 @@ class DeitaScorer(CausalLMScorer):
             raise DqfError(f"{self.name}: the prompt without the row's text is longer than max_length={limit}")
         return [t for tk in toks for t in tk]
 
-    def prompt_ids(self, instruction: str, input_: str, output: str) -> list[int]:
+    def prompt_ids(self, query: str, response: str) -> list[int]:
+        """Token ids of the prompt scoring one (query, response) turn."""
         raise NotImplementedError
+
+    def row_pairs(self, batch) -> list[list[tuple[str, str]]]:
+        """The (query, response) turns of each row of ``batch``."""
+        canonical = [(question(i or "", x or ""), o or "")
+                     for i, x, o in zip(batch["instruction"], batch["input"], batch["output"])]
+        if "turns" not in batch.columns:
+            if "n_turns" in batch.columns:
+                self._first_turn_only += int((batch["n_turns"].fill_null(1) > 1).sum())
+            return [[c] for c in canonical]
+        out = []
+        for turns, c in zip(batch["turns"].to_list(), canonical):
+            pairs = turn_pairs(turns) if turns is not None else []
+            out.append(pairs or [c])  # no record (a frame built by a plugin): its canonical view
+        return out
 
     def score(self, batch):
         import numpy as np
@@ -107,14 +155,19 @@ class DeitaScorer(CausalLMScorer):
             self.setup()
         if batch.height == 0:
             return pl.DataFrame(schema=self.columns())
-        prompts = [self.prompt_ids(i or "", x or "", o or "")
-                   for i, x, o in zip(batch["instruction"], batch["input"], batch["output"])]
-        if "n_turns" in batch.columns:
-            self._multi_turn += int((batch["n_turns"].fill_null(1) > 1).sum())
+        rows = self.row_pairs(batch)
+        prompts = [self.prompt_ids(q, r) for pairs in rows for q, r in pairs]
         lp = next_token_logprobs(self._model, self._tokenizer, prompts, [[d] for d in self._digits],
                                  batch_size=self.options.batch_size, device=self.placement()[0])
         w = np.exp(lp - lp.max(axis=1, keepdims=True))
         w /= w.sum(axis=1, keepdims=True)
-        s = w @ np.arange(1, 7, dtype=np.float64)
+        flat = [None if np.isnan(v) else float(v) for v in w @ np.arange(1, 7, dtype=np.float64)]
+        per_turn, pos = [], 0
+        for pairs in rows:
+            per_turn.append(flat[pos:pos + len(pairs)])
+            pos += len(pairs)
+        means = [None if any(v is None for v in t) else sum(t) / len(t) for t in per_turn]
         self._scored += batch.height
-        return pl.DataFrame({self.column: s}, schema=self.columns()).fill_nan(None)
+        self._turns += len(prompts)
+        self._multi += sum(1 for t in per_turn if len(t) > 1)
+        return pl.DataFrame({self.column: means, f"{self.column}_turns": per_turn}, schema=self.columns())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ._base import DeitaOptions, DeitaScorer, question
+from ._base import DeitaOptions, DeitaScorer
 
 COMPLEXITY_PROMPT = ("You are a helpful assistant. Please identify the complexity score of the following user query. "
                      "\n##Query: {instruction}\n##Complexity: ")
@@ -18,12 +18,12 @@ class DeitaComplexityOptions(DeitaOptions):
 
 
 class DeitaComplexityScorer(DeitaScorer):
-    """Expected complexity in [1, 6] of the row's query (instruction + input; first user turn of a chat)."""
+    """Expected complexity in [1, 6] of each user query of the row (instruction + input for an alpaca row)."""
 
     name = "deita-complexity"
-    version = "1"
+    version = "2"
     Options = DeitaComplexityOptions
     default_column = "deita_complexity"
 
-    def prompt_ids(self, instruction, input_, output):
-        return self.fit(self.options.prompt, {"instruction": question(instruction, input_)}, ("instruction",))
+    def prompt_ids(self, query, response):
+        return self.fit(self.options.prompt, {"instruction": query}, ("instruction",))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ._base import DeitaOptions, DeitaScorer, question
+from ._base import DeitaOptions, DeitaScorer
 
 QUALITY_PROMPT = ("You are a helpful assistant. Please identify the quality score of the Response corresponding to "
                   "the Question. \n #Question#:\n{instruction}\n#Response#:\n{output} \n##Quality: ")
@@ -18,13 +18,12 @@ class DeitaQualityOptions(DeitaOptions):
 
 
 class DeitaQualityScorer(DeitaScorer):
-    """Expected quality in [1, 6] of the row's response to its query (first turn of a chat)."""
+    """Expected quality in [1, 6] of each response of the row to the user query it answers."""
 
     name = "deita-quality"
-    version = "1"
+    version = "2"
     Options = DeitaQualityOptions
     default_column = "deita_quality"
 
-    def prompt_ids(self, instruction, input_, output):
-        return self.fit(self.options.prompt, {"instruction": question(instruction, input_), "output": output},
-                        ("output", "instruction"))
+    def prompt_ids(self, query, response):
+        return self.fit(self.options.prompt, {"instruction": query, "output": response}, ("output", "instruction"))

@@ -18,7 +18,8 @@ class DeitaReprOptions(BudgetOptions):
                                  description="Embedder giving the vectors (default: all-MiniLM-L6-v2 over the "
                                              "instruction; DEITA uses its scorer model's last hidden state).")
     exact_below: int = Field(default=20_000, ge=0,
-                             description="Exact similarity checks below this many rows; HNSW (hnswlib) from there on.")
+                             description="Exact similarity checks while fewer than this many rows can be taken "
+                                         "(min(pool, k)); HNSW (hnswlib) from there on.")
     ef: int = Field(default=200, ge=1, description="HNSW search breadth.")
     M: int = Field(default=16, ge=2, description="HNSW graph degree.")
     ef_construction: int = Field(default=200, ge=1, description="HNSW build breadth.")

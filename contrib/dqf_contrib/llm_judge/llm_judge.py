@@ -18,7 +18,8 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from dqf import DqfError, ModelMixin, PluginOptions, Scorer, collate, length_batches, load_model, load_tokenizer
+from dqf import (FAILED_COLUMN, DqfError, ModelMixin, PluginOptions, Scorer, collate, length_batches, load_model,
+                 load_tokenizer)
 
 #: AlpaGasus (Chen et al., 2024, "AlpaGasus: Training a Better Alpaca with Fewer Data", Fig. 3): system prompt.
 ALPAGASUS_SYSTEM = ("We would like to request your feedback on the performance of AI assistant in response to the "
@@ -63,6 +64,28 @@ def parse_score(text: str | None) -> tuple[float | None, str | None]:
     return value, None
 
 
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait: its delay-seconds form or an HTTP date; None if unusable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None or when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
 def fill_prompt(template: str, instruction: str, input_: str, response: str) -> str:
     """Replace the three placeholders only (other braces in a custom prompt stay as written)."""
     return (template.replace("{instruction}", instruction).replace("{input}", input_)
@@ -100,6 +123,9 @@ class LlmJudgeOptions(PluginOptions):
     max_retries: NonNegativeInt = Field(default=5, description="openai: retries on 429, 5xx and timeouts.")
     backoff: NonNegativeFloat = Field(default=1.0, description="openai: first retry delay in seconds; doubles each "
                                                                "retry (x0.5-1.5 jitter, at most 60 s).")
+    max_retry_after: NonNegativeFloat = Field(default=60.0, description="openai: a 429 or 503 with a Retry-After "
+                                                                        "header waits what it asks, at most this "
+                                                                        "many seconds, before the retry.")
     temperature: NonNegativeFloat = Field(default=0.0, description="openai: sampling temperature.")
 
 
@@ -114,7 +140,8 @@ class LlmJudgeScorer(ModelMixin, Scorer):
     version = "1"
     Options = LlmJudgeOptions
     batch_size = 64  # rows per score() call: each finished batch is cached, so a crash loses little
-    cache_ignore = frozenset({"batch_size", "concurrency", "api_key_env", "timeout", "max_retries", "backoff"})
+    cache_ignore = frozenset({"batch_size", "concurrency", "api_key_env", "timeout", "max_retries", "backoff",
+                              "max_retry_after"})
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -174,16 +201,22 @@ class LlmJudgeScorer(ModelMixin, Scorer):
         if batch.height == 0:
             return pl.DataFrame(schema=self.columns())
         prompts = self._prompts(batch)
+        failed = None
         if self.options.backend == "openai":
             results = self._score_openai(prompts)
+            failed = [f for _, _, f in results]
+            results = [(s, r) for s, r, _ in results]
         else:
             if self._model is None:
                 self.setup()
             results = self._score_hf(prompts)
         self._count("rows_scored", len(results))
         self._count("null_scores", sum(1 for s, _ in results if s is None))
-        return pl.DataFrame({"llm_judge": [s for s, _ in results], "llm_judge_reason": [r for _, r in results]},
-                            schema=self.columns())
+        out = pl.DataFrame({"llm_judge": [s for s, _ in results], "llm_judge_reason": [r for _, r in results]},
+                           schema=self.columns())
+        if failed is not None:  # requests that ran out of retries: not cached, so a rerun asks again
+            out = out.with_columns(pl.Series(FAILED_COLUMN, failed, dtype=pl.Boolean))
+        return out
 
     # -- hf backend ------------------------------------------------------------------------
     def _setup_hf(self):
@@ -281,12 +314,13 @@ class LlmJudgeScorer(ModelMixin, Scorer):
                     results.append(f.result())
                 except _Fatal as exc:
                     fatal = fatal or str(exc)
-                    results.append((None, None))
+                    results.append((None, None, True))
         if fatal:
             raise DqfError(f"{self.name}: {self._scrub(fatal, key)}")
         return results
 
     def _judge_http(self, user: str, key: str | None):
+        """``(score, reason, failed)``: ``failed`` when every attempt failed (a rerun should ask again)."""
         import http.client
         import socket
         import urllib.error
@@ -301,11 +335,17 @@ class LlmJudgeScorer(ModelMixin, Scorer):
             headers["Authorization"] = f"Bearer {key}"
         url = o.base_url.rstrip("/") + "/chat/completions"
         last = "no attempt"
+        wait = None  # what the server's Retry-After asked for, if it did
         for attempt in range(o.max_retries + 1):
             if attempt:
                 self._count("retries")
-                delay = min(60.0, o.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
+                if wait is not None:
+                    delay = min(wait, o.max_retry_after)
+                    self._count("retry_after_waits")
+                else:
+                    delay = min(60.0, o.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
                 time.sleep(delay)
+            wait = None
             self._count("requests")
             req = urllib.request.Request(url, data=body, headers=headers, method="POST")
             try:
@@ -316,6 +356,8 @@ class LlmJudgeScorer(ModelMixin, Scorer):
                 exc.close()
                 if exc.code == 429 or exc.code >= 500:
                     last = f"HTTP {exc.code}"
+                    if exc.code in (429, 503) and exc.headers is not None:
+                        wait = retry_after_seconds(exc.headers.get("Retry-After"))
                     continue
                 raise _Fatal(f"{url} answered HTTP {exc.code}: {detail}"
                              + (f" (is ${o.api_key_env} set to a valid key?)" if exc.code in (401, 403) else ""))
@@ -334,10 +376,14 @@ class LlmJudgeScorer(ModelMixin, Scorer):
             try:
                 content = json.loads(raw)["choices"][0]["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError):
-                return None, self._scrub(f"malformed response: {_snippet(raw.decode('utf-8', 'replace'))!r}", key)
+                reason = f"malformed response: {_snippet(raw.decode('utf-8', 'replace'))!r}"
+                return None, self._scrub(reason, key), False
             score, reason = parse_score(content)
-            return score, (self._scrub(reason, key) if reason else None)
-        self._count("failed_requests")
+            return score, (self._scrub(reason, key) if reason else None), False
         if last.startswith("connection error"):
             raise _Fatal(f"cannot reach {url} after {o.max_retries + 1} attempts ({last})")
-        return None, f"request failed after {o.max_retries + 1} attempts: {last}"
+        with self._lock:  # how many rows failed, and why (recorded in the manifest's step stats)
+            self._stats["failed_rows"] = self._stats.get("failed_rows", 0) + 1
+            reasons = self._stats.setdefault("failure_reasons", {})
+            reasons[last] = reasons.get(last, 0) + 1
+        return None, f"request failed after {o.max_retries + 1} attempts: {last}", True

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import dqf
 from scorer_helpers import scorer_batch
 from dqf_contrib.llm_judge.llm_judge import (ALPAGASUS_PROMPT, ALPAGASUS_SYSTEM, LlmJudgeScorer, fill_prompt,
-                                             parse_score)
+                                             parse_score, retry_after_seconds)
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 KEY_ENV = "DQF_TEST_JUDGE_KEY"
@@ -100,7 +100,7 @@ def test_hf_generate_mode_parses_or_gives_reason(tiny_models):
 class JudgeServer:
     """An OpenAI-compatible chat-completions server on 127.0.0.1 whose answer depends on the instruction."""
 
-    def __init__(self, slow_seconds=1.0):
+    def __init__(self, slow_seconds=1.0, hold=True):
         self.lock = threading.Lock()
         self.overlap = threading.Condition(self.lock)
         self.calls = 0
@@ -135,14 +135,19 @@ class JudgeServer:
                     server.auth.add(self.headers.get("Authorization", ""))
                     server.bodies.append(body)
                     n = server.attempts[tag] = server.attempts.get(tag, 0) + 1
-                with server.overlap:  # hold a request until a second one arrives (or 1 s), so overlap is seen
-                    server.overlap.wait_for(lambda: server.inflight >= 2, timeout=1.0)
+                if hold:  # hold a request until a second one arrives (or 1 s), so overlap is seen
+                    with server.overlap:
+                        server.overlap.wait_for(lambda: server.inflight >= 2, timeout=1.0)
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": "no such route"})
                 if tag.startswith("busy") and n <= 2:
                     return self._send(429, {"error": "rate limited"})
                 if tag.startswith("flaky") and n <= 2:
                     return self._send(500, {"error": "internal"})
+                if tag.startswith("wait") and n == 1:  # "wait 1" asks for 1 s; "wait 3600" for an hour
+                    return self._send(429, {"error": "slow down"}, retry_after=tag.split()[1])
+                if tag.startswith("unavailable") and n == 1:
+                    return self._send(503, {"error": "overloaded"}, retry_after=tag.split()[1])
                 if tag.startswith("slow") and n == 1:
                     time.sleep(slow_seconds)
                 if tag.startswith("hang"):
@@ -153,11 +158,13 @@ class JudgeServer:
                     f"Score: {len(tag) % 6}\nThe answer is accurate."
                 self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
-            def _send(self, code, payload, raw=False):
+            def _send(self, code, payload, raw=False, retry_after=None):
                 data = (payload if raw else json.dumps(payload)).encode()
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")
+                    if retry_after is not None:
+                        self.send_header("Retry-After", retry_after)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
@@ -206,7 +213,7 @@ def test_http_backend_answers_garbage_retries_and_timeouts(server):
             ("flaky", "", "e"), ("slow", "", "f"), ("broken", "", "g"), ("hang", "", "h")]
     s = http_scorer(server.url, max_retries=2)
     out = s.score(frame(rows))
-    got = dict(zip([r[0] for r in rows], out.iter_rows()))
+    got = dict(zip([r[0] for r in rows], out.select("llm_judge", "llm_judge_reason").iter_rows()))
     assert got["good one"] == (len("good one") % 6, None) and got["good three"] == (len("good three") % 6, None)
     assert got["garbage"][0] is None and got["garbage"][1].startswith("no number on the first line")
     assert got["busy"] == (len("busy") % 6, None) and server.attempts["busy"] == 3  # two 429s, then success
@@ -221,8 +228,10 @@ def test_http_backend_answers_garbage_retries_and_timeouts(server):
     assert body["messages"][0] == {"role": "system", "content": ALPAGASUS_SYSTEM}
     assert body["messages"][1]["content"].startswith("Instruction: ")
     st = s.stats()
-    assert st["rows_scored"] == 8 and st["null_scores"] == 3 and st["failed_requests"] == 1
+    assert st["rows_scored"] == 8 and st["null_scores"] == 3 and st["failed_rows"] == 1
+    assert st["failure_reasons"] == {"timeout after 0.8 s": 1}
     assert st["retries"] == 2 + 2 + 1 + 2
+    assert out["_failed"].to_list() == [r[0] == "hang" for r in rows]  # only the request that ran out of retries
     assert KEY not in json.dumps(s.describe()) and KEY not in json.dumps(st)
 
 
@@ -294,3 +303,67 @@ def test_run_end_to_end_key_never_recorded_and_rerun_is_cached(server, write_jso
     assert any(p.name == "rows.parquet" for p in files) and any(p.name == "manifest.json" for p in files)
     leaked = [str(p) for p in files if KEY.encode() in p.read_bytes()] + [t for t in texts if KEY in t]
     assert leaked == []
+
+
+# -- failed requests are not cached; Retry-After is honoured ------------------------------------------
+
+def test_failed_rows_are_not_cached_and_a_rerun_retries_only_them(server, write_jsonl, write_recipe):
+    # "flaky" answers 500 to its first two requests: with max_retries = 1 the first run gives up on it
+    rows = [{"instruction": f"good {'x' * i}", "input": "", "output": f"answer {i}"} for i in range(3)]
+    rows += [{"instruction": "flaky one", "input": "", "output": "?"}, {"instruction": "garbage", "input": "", "output": "?"}]
+    write_jsonl(rows)
+    recipe = RECIPE.replace("max_retries = 2", "max_retries = 1")
+    res = dqf.run(write_recipe(recipe.format(n=1, url=server.url, env=KEY_ENV)))
+    assert server.calls == 3 + 2 + 1
+    assert res.rows["llm_judge"].to_list()[:3] == [len(r["instruction"]) % 6 for r in rows[:3]]
+    assert res.rows["llm_judge"].to_list()[3:] == [None, None]
+    reasons = res.rows["llm_judge_reason"].to_list()
+    assert reasons[3] == "request failed after 2 attempts: HTTP 500"
+    assert reasons[4].startswith("no number on the first line")  # a parsed answer: cached as null
+    step = res.manifest["steps"][0]
+    assert step["cache"] == {"hits": 0, "computed": 5, "failed": 1}
+    assert step["stats"]["failed_rows"] == 1 and step["stats"]["failure_reasons"] == {"HTTP 500": 1}
+    assert "_failed" not in res.rows.columns
+
+    res2 = dqf.run(write_recipe(recipe.format(n=2, url=server.url, env=KEY_ENV), "r2.toml"))
+    assert server.calls == 6 + 1 and server.attempts["flaky one"] == 3  # only the failed row was asked again
+    assert res2.rows["llm_judge"].to_list() == [len(r["instruction"]) % 6 for r in rows[:4]] + [None]
+    assert res2.rows["llm_judge_reason"].to_list()[3] is None
+    assert res2.manifest["steps"][0]["cache"] == {"hits": 4, "computed": 1}
+    assert "failed_rows" not in res2.manifest["steps"][0]["stats"]
+
+    dqf.run(write_recipe(recipe.format(n=3, url=server.url, env=KEY_ENV), "r3.toml"))
+    assert server.calls == 7  # now everything is cached
+
+
+@pytest.fixture
+def quick_server(monkeypatch):
+    """The judge server without the overlap hold, so a request's timing is the client's own."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with JudgeServer(hold=False) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("tag, cap, low, high", [
+    ("wait 1", 60.0, 0.9, 3.0),  # 429, Retry-After: 1 -> about one second, not the 0.01 s backoff
+    ("unavailable 1", 60.0, 0.9, 3.0),  # 503 likewise
+    ("wait 3600", 0.3, 0.25, 2.0),  # an hour asked for, capped by max_retry_after
+])
+def test_retry_after_is_honoured_and_capped(quick_server, tag, cap, low, high):
+    s = http_scorer(quick_server.url, backoff=0.01, max_retry_after=cap, timeout=5)
+    t = time.perf_counter()
+    out = s.score(frame([(tag, "", "a")]))
+    elapsed = time.perf_counter() - t
+    assert out["llm_judge"].to_list() == [len(tag) % 6]
+    assert quick_server.attempts[tag] == 2 and quick_server.calls == 2
+    assert low <= elapsed < high
+    assert s.stats()["retry_after_waits"] == 1 and "failed_rows" not in s.stats()
+
+
+def test_retry_after_header_forms():
+    assert retry_after_seconds("1") == 1.0 and retry_after_seconds(" 2.5 ") == 2.5
+    assert retry_after_seconds("-3") == 0.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0  # in the past

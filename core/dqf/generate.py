@@ -1,10 +1,16 @@
-"""Prompt formatting (Alpaca or chat template) and batched, left-padded, deterministic generation with a causal LM."""
+"""Prompt formatting (Alpaca or chat template) and batched, left-padded, deterministic generation with a causal LM.
+
+Public through ``dqf``: :func:`prepare_tokenizer`, :func:`prompt_text`, :func:`prompt_ids`,
+:func:`response_ids`, :func:`truncate_left`, :func:`generate_answers`, and the Alpaca prompt
+strings ``ALPACA_PROMPT_INPUT`` / ``ALPACA_PROMPT_NO_INPUT``.
+"""
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from dqf import DqfError, collate, length_batches
+from .batching import collate, length_batches
+from .errors import DqfError
 
 #: The Stanford Alpaca prompts, which MoDS trains and generates with.
 ALPACA_PROMPT_INPUT = (
@@ -70,7 +76,7 @@ def truncate_left(ids: list[int], max_length: int | None) -> tuple[list[int], bo
     return ids[-max_length:], True
 
 
-def generate(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int, num_beams: int = 1,
+def generate_answers(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int, num_beams: int = 1,
              batch_size: int = 8, on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
     """Greedy (or beam) answers to tokenized ``prompts``, in input order; only the new tokens, decoded and stripped.
 

@@ -1,4 +1,10 @@
-"""Supervised fine-tuning of a causal LM (LoRA or full) in a plain torch loop; loss on response tokens only."""
+"""Supervised fine-tuning of a causal LM (LoRA or full) in a plain torch loop; loss on response tokens only.
+
+Public through ``dqf``: :class:`TrainConfig`, :class:`TrainResult`, :class:`TrainExample`,
+:func:`training_example`, :func:`training_examples`, :func:`add_lora`, :func:`train_causal_lm`,
+:func:`response_loss`, :func:`save_trained`, :func:`load_adapter`, :func:`merged_for_inference`.
+Used by the ``mods-necessity`` probe and ``dqf compare --finetune``.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,9 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
-from dqf import DqfError
+from .errors import DqfError
 
 IGNORE_INDEX = -100
 
@@ -38,7 +44,7 @@ class TrainConfig:
 
 
 @dataclass
-class Example:
+class TrainExample:
     input_ids: list[int]
     labels: list[int]
 
@@ -56,17 +62,38 @@ class TrainResult:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def make_example(prompt: Sequence[int], response: Sequence[int], max_length: int) -> Example | None:
+def training_example(prompt: Sequence[int], response: Sequence[int], max_length: int) -> TrainExample | None:
     """Prompt then response, cut at ``max_length`` (as the reference does); None when no response token is left."""
     ids = list(prompt) + list(response)
     labels = [IGNORE_INDEX] * len(prompt) + list(response)
     ids, labels = ids[:max_length], labels[:max_length]
     if all(t == IGNORE_INDEX for t in labels[1:]):  # position 0 is never predicted
         return None
-    return Example(ids, labels)
+    return TrainExample(ids, labels)
 
 
-def collate(batch: Sequence[Example], pad_id: int):
+def training_examples(tokenizer, rows: Iterable[Sequence[str]], *, template: str, max_length: int,
+                      eos_id: int) -> tuple[list[TrainExample], int]:
+    """Training examples for ``(instruction, input, output)`` rows, and how many rows were dropped.
+
+    Each is the prompt (:func:`dqf.prompt_ids` with ``template``) then the answer
+    (:func:`dqf.response_ids`, end marker included), cut at ``max_length``; a row whose answer
+    is cut off entirely is dropped.
+    """
+    from .generate import prompt_ids, response_ids
+
+    examples, dropped = [], 0
+    for instruction, input_, output in rows:
+        ex = training_example(prompt_ids(tokenizer, instruction, input_, template),
+                              response_ids(tokenizer, instruction, input_, output, template, eos_id), max_length)
+        if ex is None:
+            dropped += 1
+        else:
+            examples.append(ex)
+    return examples, dropped
+
+
+def _collate(batch: Sequence[TrainExample], pad_id: int):
     """Right-padded tensors; the mask comes from lengths, since pad may equal eos and eos is a training target."""
     import torch
 
@@ -97,7 +124,7 @@ def _loss_sum(model, ids, labels, mask, autocast_dtype=None):
     return loss, int((target != IGNORE_INDEX).sum())
 
 
-def response_loss(model, examples: Sequence[Example], pad_id: int, batch_size: int = 8) -> float:
+def response_loss(model, examples: Sequence[TrainExample], pad_id: int, batch_size: int = 8) -> float:
     """Mean per-token loss on the response tokens of ``examples`` (eval mode, no gradients)."""
     import torch
 
@@ -107,7 +134,7 @@ def response_loss(model, examples: Sequence[Example], pad_id: int, batch_size: i
     total, count = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(examples), batch_size):
-            ids, labels, mask = (t.to(device) for t in collate(examples[i:i + batch_size], pad_id))
+            ids, labels, mask = (t.to(device) for t in _collate(examples[i:i + batch_size], pad_id))
             loss, n = _loss_sum(model, ids, labels, mask)
             total += float(loss)
             count += n
@@ -142,7 +169,7 @@ def add_lora(model, cfg: TrainConfig):
                        f"or use \"all-linear\")") from None
 
 
-def train(model, examples: Sequence[Example], cfg: TrainConfig, *, pad_id: int, autocast_dtype=None,
+def train_causal_lm(model, examples: Sequence[TrainExample], cfg: TrainConfig, *, pad_id: int, autocast_dtype=None,
           progress: Callable | None = None) -> TrainResult:
     """Fine-tune ``model`` in place on ``examples``.
 
@@ -188,7 +215,7 @@ def train(model, examples: Sequence[Example], cfg: TrainConfig, *, pad_id: int, 
                 group = micro[g:g + cfg.gradient_accumulation_steps]
                 n_targets = sum(1 for b in group for e in b for t in e.labels[1:] if t != IGNORE_INDEX)
                 for batch in group:
-                    ids, labels, mask = (t.to(device) for t in collate(batch, pad_id))
+                    ids, labels, mask = (t.to(device) for t in _collate(batch, pad_id))
                     loss, n = _loss_sum(model, ids, labels, mask, autocast_dtype)
                     (loss / n_targets).backward()
                     epoch_loss += float(loss.detach())
@@ -211,7 +238,7 @@ def train(model, examples: Sequence[Example], cfg: TrainConfig, *, pad_id: int, 
     return result
 
 
-def save(model, target: Path, meta: dict) -> None:
+def save_trained(model, target: Path, meta: dict) -> None:
     """Write the adapter (LoRA) or the whole model (full) plus ``meta`` as train.json to ``target`` in one rename.
 
     Readers take a folder with train.json as complete; the rename means none ever sees half of one.

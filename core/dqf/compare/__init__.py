@@ -1,0 +1,7 @@
+"""`dqf compare`: measure several selections of one pool side by side (overlap, scores, lengths, coverage, labels)."""
+
+from __future__ import annotations
+
+from .runner import CompareResult, compare
+
+__all__ = ["compare", "CompareResult"]

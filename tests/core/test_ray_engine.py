@@ -1,0 +1,221 @@
+"""The Ray engine on a local cluster: same rows.parquet and selection as the local engine, a shared cache, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import dqf
+from dqf import DqfError, RecipeError
+from dqf.engine import run_recipe
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own DataContext warns on creation
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE_POOL = REPO / "examples" / "data" / "alpaca_2k.jsonl"
+
+# Keep each pytest worker's cluster light: no dashboard, no usage report, a small object store.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_AUTH_MODE": "disabled"}
+
+RECIPE = """
+name = "ray-parity"
+seed = 1
+
+[input]
+path = "{pool}"
+
+[output]
+dir = "out"
+
+[engine]
+concurrency = 2
+[engine.plugins.reward-model]
+concurrency = 3
+num_cpus = 1
+[engine.plugins.hf-encoder]
+concurrency = 1
+[engine.steps.reward]
+concurrency = 1
+
+[[steps]]
+id = "quality"
+score = {{ plugin = "heuristic" }}
+where = "heuristic_ok and output_words >= 20"
+
+[[steps]]
+id = "reward"
+score = {{ plugin = "reward-model", model = "{rm}", batch_size = 8, max_length = 64 }}
+batch_size = 32
+
+[[steps]]
+id = "top"
+select = {{ plugin = "top-k", column = "reward", k = 60 }}
+
+[[steps]]
+id = "diverse"
+select = {{ plugin = "kcenter", k = 15, embedder = {{ plugin = "hf-encoder", model = "{bert}", pooling = "mean", max_length = 48 }} }}
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    saved = {k: os.environ.get(k) for k in RAY_ENV}
+    os.environ.update(RAY_ENV)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, logging_level="WARNING",
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def recipe_path(tmp_path_factory):
+    import tiny_models as tm
+
+    root = tmp_path_factory.mktemp("ray_recipe")
+    lines = EXAMPLE_POOL.read_text(encoding="utf-8").splitlines()[:160]
+    (root / "pool.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = [json.loads(line) for line in lines[:40]]
+    rm = tm.tiny_reward_model(root / "rm", [(r["instruction"], r["output"]) for r in rows])
+    bert = tm.tiny_bert(root / "bert")
+    path = root / "recipe.toml"
+    path.write_text(RECIPE.format(pool=root / "pool.jsonl", rm=rm, bert=bert), encoding="utf-8")
+    return path
+
+
+def _run(recipe_path, tmp_path, name, cache, engine):
+    import torch
+
+    recipe, host = dqf.load_recipe(recipe_path, overrides={"engine": {"kind": engine}})
+    # Ray runs a 1-CPU actor with one torch thread; the local run must sum in the same order to match bit for bit.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_recipe(recipe, host, run_dir=tmp_path / name, cache_dir=cache)
+    finally:
+        torch.set_num_threads(threads)
+    return recipe, result
+
+
+def _rows(run_dir: Path) -> pl.DataFrame:
+    return pl.read_parquet(run_dir / "rows.parquet").sort("id")
+
+
+def _selected(run_dir: Path) -> list[str]:
+    return sorted(line for line in (run_dir / "selected.jsonl").read_text(encoding="utf-8").splitlines())
+
+
+def _embedding_files(cache: Path) -> set[str]:
+    return {str(p.relative_to(cache)) for p in (cache / "embeddings").rglob("*") if p.is_file()}
+
+
+def test_ray_matches_local_and_shares_the_cache(ray_cluster, recipe_path, tmp_path):
+    _, local = _run(recipe_path, tmp_path, "local", tmp_path / "cache_local", "local")
+    shared = tmp_path / "cache_ray"
+    recipe, ray_run = _run(recipe_path, tmp_path, "ray", shared, "ray")
+
+    # Same rows, scores, statuses and reasons; same selection (order aside).
+    rows_local, rows_ray = _rows(local.run_dir), _rows(ray_run.run_dir)
+    assert rows_ray.height == 160 and rows_ray["selected"].sum() == 15
+    assert rows_ray.drop("source").equals(rows_local.drop("source"))
+    assert _selected(ray_run.run_dir) == _selected(local.run_dir)
+
+    # Work ran on the cluster: models never loaded on the driver; actors for models, tasks for the heuristic.
+    steps = {s.id: s.plugin for s in recipe.steps}
+    assert steps["reward"]._model is None
+    assert steps["diverse"].nested["embedder"].model is None
+    engine = ray_run.manifest["engine"]
+    assert engine["kind"] == "ray"
+    # [engine] defaults < [engine.plugins.<name>] < [engine.steps.<id>]
+    maps = {(m["step"], m["plugin"]): m for m in engine["maps"]}
+    assert maps["quality", "heuristic"] == {"step": "quality", "plugin": "heuristic", "compute": "tasks",
+                                            "concurrency": 1, "rows": 160}
+    assert maps["reward", "reward-model"] == {"step": "reward", "plugin": "reward-model", "compute": "actors",
+                                              "concurrency": 1, "num_cpus": 1.0, "rows": 83}
+    assert maps["diverse", "hf-encoder"]["compute"] == "actors" and maps["diverse", "hf-encoder"]["concurrency"] == 1
+    assert local.manifest["engine"] == {"kind": "local"}
+
+    # A local run on the Ray run's cache recomputes nothing: no score computed, no vector added, no model loaded.
+    before = _embedding_files(shared)
+    assert before
+    recipe2, again = _run(recipe_path, tmp_path, "again", shared, "local")
+    for step in again.manifest["steps"]:
+        if "cache" in step:
+            assert step["cache"]["computed"] == 0 and step["cache"]["hits"] == step["rows_in"], step
+    assert _embedding_files(shared) == before
+    steps2 = {s.id: s.plugin for s in recipe2.steps}
+    assert steps2["reward"]._model is None and steps2["diverse"].nested["embedder"].model is None
+    assert _rows(again.run_dir).drop("source").equals(rows_local.drop("source"))
+
+    # And a Ray run on a warm cache sends nothing to the cluster.
+    _, warm = _run(recipe_path, tmp_path, "warm", shared, "ray")
+    assert warm.manifest["engine"]["maps"] == []
+    assert _rows(warm.run_dir).drop("source").equals(rows_local.drop("source"))
+
+
+def test_worker_error_is_one_line(ray_cluster, recipe_path, tmp_path):
+    # A model folder that is not a sequence classifier: the reward model refuses it in the actor's setup().
+    import tiny_models as tm
+
+    bert = tm.tiny_bert(tmp_path / "not_a_reward_model")
+    text = recipe_path.read_text(encoding="utf-8")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace(str(recipe_path.parent / "rm"), str(bert)), encoding="utf-8")
+    recipe, host = dqf.load_recipe(bad, overrides={"engine": {"kind": "ray"}})
+    with pytest.raises(DqfError) as err:
+        run_recipe(recipe, host, run_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert len(err.value.lines) == 1
+    assert err.value.lines[0].startswith("reward (reward-model): reward-model: model ")
+    assert "not a sequence classifier" in err.value.lines[0]
+
+
+def test_engine_section_is_validated(recipe_path, tmp_path):
+    text = recipe_path.read_text(encoding="utf-8")
+    cases = {
+        "[engine]\nconcurrency = 2\n": ("[engine]\nconcurrency = 2\nworkers = 3\n", "engine.workers: unknown key"),
+        "[engine.steps.reward]\n": ("[engine.steps.rewrd]\n", "engine.steps.rewrd: no step with id 'rewrd'"),
+    }
+    for old, (new, message) in cases.items():
+        path = tmp_path / "r.toml"
+        path.write_text(text.replace(old, new), encoding="utf-8")
+        with pytest.raises(RecipeError) as err:
+            dqf.load_recipe(path)
+        assert any(line.endswith(message) or message in line for line in err.value.lines), err.value.lines
+    path.write_text(text.replace("[engine.steps.reward]\nconcurrency = 1\n", "[engine.steps.reward]\nnum_gpus = -1\n"),
+                    encoding="utf-8")
+    with pytest.raises(RecipeError) as err:
+        dqf.load_recipe(path)
+    assert any("engine.steps.reward.num_gpus: Input should be greater than or equal to 0" in x for x in err.value.lines)
+    path.write_text(text.replace("[engine.steps.reward]\n", "[engine.plugins.bert]\n"), encoding="utf-8")
+    with pytest.raises(RecipeError) as err:
+        dqf.load_recipe(path)
+    assert err.value.lines == [f"{path}: engine.plugins.bert: no plugin of this recipe is named 'bert' "
+                               f"(plugins: heuristic, hf-encoder, kcenter, reward-model, top-k)"]
+
+
+def test_missing_ray_says_how_to_install(recipe_path, tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["ray"] = None  # as if ray were not installed
+        from dqf.cli import main
+        main(["run", {str(recipe_path)!r}, "--engine", "ray", "--out", {str(tmp_path / "out")!r}])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DQF_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "dqf: error: the Ray engine (--engine ray) needs the Python package 'ray[data]', which is not installed; "
+        "install it with: pip install 'dqf[ray]'"]
+    assert not (tmp_path / "out").exists()
