@@ -169,6 +169,16 @@ def add_lora(model, cfg: TrainConfig):
                        f"or use \"all-linear\")") from None
 
 
+def _checkpointing(model, on: bool) -> None:
+    """Activation (gradient) checkpointing on or off, by the name this transformers version uses."""
+    prefix = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"  # transformers >= 5
+    if on:
+        # Non-reentrant checkpointing needs no input gradients, so it works with frozen embeddings (LoRA) too.
+        getattr(model, f"{prefix}_checkpointing_enable")(**{f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}})
+    else:
+        getattr(model, f"{prefix}_checkpointing_disable")()
+
+
 def train_causal_lm(model, examples: Sequence[TrainExample], cfg: TrainConfig, *, pad_id: int, autocast_dtype=None,
           progress: Callable | None = None) -> TrainResult:
     """Fine-tune ``model`` in place on ``examples``.
@@ -193,8 +203,7 @@ def train_causal_lm(model, examples: Sequence[TrainExample], cfg: TrainConfig, *
         total = min(total, cfg.max_steps)
 
     if cfg.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input gradients, so it works with frozen embeddings (LoRA) too.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpointing(model, True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched_name = {"constant": "constant_with_warmup"}.get(cfg.lr_scheduler, cfg.lr_scheduler)
@@ -233,7 +242,7 @@ def train_causal_lm(model, examples: Sequence[TrainExample], cfg: TrainConfig, *
             result.epoch_losses.append(epoch_loss / max(epoch_tokens, 1))
     result.seconds = time.perf_counter() - start
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        _checkpointing(model, False)
     model.eval()
     return result
 

@@ -6,19 +6,8 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt
 
-from dqf import DqfError, ModelMixin, PluginOptions, Scorer, answer_losses, load_model, load_tokenizer
-
-#: The Stanford Alpaca prompts (as Cherry LLM scores with).
-ALPACA_PROMPT_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
-)
-ALPACA_PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:"
-)
+from dqf import (ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, DqfError, ModelMixin, PluginOptions, Scorer, answer_losses,
+                 load_model, load_tokenizer)
 
 
 def alpaca_prompt(instruction: str, input_: str) -> str:

@@ -61,6 +61,8 @@ class FinetuneEvalOptions(PluginOptions):
     lora_target_modules: Union[Literal["all-linear"], list[str]] = Field(
         default_factory=lambda: list(DEFAULT_TARGETS),
         description="Linear layers that get adapters (Llama-style attention and MLP projections), or \"all-linear\".")
+    gradient_checkpointing: bool = Field(default=False, description="Recompute activations in the backward pass: "
+                                                                     "less memory, about a third more time.")
     max_length: int = Field(default=512, gt=1, description="Prompt + answer are cut to this many tokens, in "
                                                            "training and in the held-out loss.")
     prompt_template: Literal["alpaca", "chat"] = Field(default="alpaca", description=(
@@ -340,7 +342,8 @@ class _Run:
                           else tuple(o.lora_target_modules),
                           epochs=1, learning_rate=o.learning_rate, lr_scheduler=o.lr_scheduler,
                           warmup_ratio=o.warmup_ratio, weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm,
-                          batch_size=o.batch_size, max_steps=o.steps, seed=o.seed)
+                          batch_size=o.batch_size, max_steps=o.steps, gradient_checkpointing=o.gradient_checkpointing,
+                          seed=o.seed)
         model = add_lora(self._load_base(), cfg)
         result = train_causal_lm(model, [examples[i] for i in schedule], cfg, pad_id=tok.pad_token_id,
                                  autocast_dtype=None if self.dtype == torch.float32 else self.dtype,
