@@ -177,7 +177,7 @@ def line(label: str, seconds: float, n: int) -> None:
 def int8_report(fp32, q8, n: int) -> None:
     (a, a_s), (b, b_s) = fp32, q8
     line("fp32", a_s, n)
-    line("int8 (dynamic, per-channel Linear)", b_s, n)
+    line("int8 (per-channel W, per-token x)", b_s, n)
     print(f"  fp32 score std {np.std(a):.4g} (range {np.min(a):.4g} .. {np.max(a):.4g}); "
           f"max |int8 - fp32| {np.max(np.abs(b - a)):.4g}")
     if degenerate(a):
