@@ -259,6 +259,13 @@ class ModelMixin:
             placed = self.__dict__["_dqf_placement"] = (device, pick_dtype(device, getattr(self.options, "dtype", "auto")))
         return placed
 
+    def truncation_stats(self) -> dict[str, Any]:
+        """``rows_scored``, ``truncated_rows`` and ``max_length`` for a plugin's ``stats()``, from its
+        ``_scored``/``_truncated``/``_max_length`` counters; ``{}`` before the model is set up."""
+        if getattr(self, "_max_length", None) is None:
+            return {}
+        return {"rows_scored": self._scored, "truncated_rows": self._truncated, "max_length": self._max_length}
+
     def model_identity(self) -> dict[str, Any]:
         device, dtype = self.placement()
         return {"model": self.model_ref().identity, "dtype": str(dtype).removeprefix("torch."), "device": device.type}

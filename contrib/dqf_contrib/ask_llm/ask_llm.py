@@ -67,9 +67,7 @@ class AskLlmScorer(CausalLMScorer):
         return {self.options.column: pl.Float64}
 
     def stats(self):
-        if self._max_length is None:
-            return {}
-        return {"rows_scored": self._scored, "truncated_rows": self._truncated, "max_length": self._max_length}
+        return self.truncation_stats()
 
     def setup(self):
         super().setup()

@@ -105,9 +105,7 @@ class PerplexityScorer(CausalLMScorer):
         return {f"{p}_nll": pl.Float64, p: pl.Float64}
 
     def stats(self):
-        if self._max_length is None:
-            return {}
-        return {"rows_scored": self._scored, "truncated_rows": self._truncated, "max_length": self._max_length}
+        return self.truncation_stats()
 
     def encode_row(self, instruction: str, input_: str, output: str) -> tuple[list[int], list[int]]:
         """(prompt ids, answer ids) of one row, before truncation."""

@@ -8,7 +8,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import dqf
 from scorer_helpers import scorer_batch
@@ -27,12 +26,6 @@ def pool_rows(example_pool, n=8, max_words=60):
 
 
 frame = scorer_batch
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_models):
-    path = tiny_models["llama"]
-    return path, AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
 def reference(model, tok, text):

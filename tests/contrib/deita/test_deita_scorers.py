@@ -9,19 +9,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import dqf
 from dqf_contrib.deita._base import turn_pairs
 from dqf_contrib.deita.complexity import COMPLEXITY_PROMPT, DeitaComplexityScorer
 from dqf_contrib.deita.quality import QUALITY_PROMPT, DeitaQualityScorer
 from dqf_contrib.deita.score import DeitaScoreScorer, evol_score
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_models):
-    path = tiny_models["llama"]
-    return path, AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
 def rows(example_pool, n=7):

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import dqf
 from scorer_helpers import answer_nll, scorer_batch, short_pool_rows
@@ -28,12 +27,6 @@ frame = scorer_batch
 
 
 reference_nll = answer_nll
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_models):
-    path = tiny_models["llama"]
-    return path, AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
 def scorer(path, **opts):

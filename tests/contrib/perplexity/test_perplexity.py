@@ -8,7 +8,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import dqf
 from scorer_helpers import answer_nll, scorer_batch, short_pool_rows
@@ -23,12 +22,6 @@ frame = scorer_batch
 
 
 reference_nll = answer_nll
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_models):
-    path = tiny_models["llama"]
-    return path, AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
 def scorer(path, **opts):
