@@ -268,11 +268,17 @@ def save_trained(model, target: Path, meta: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def merged_for_inference(model, method: str):
-    """The trained model ready to generate: LoRA adapters merged into the base weights (no per-layer overhead)."""
+def merged_for_inference(model, method: str, dtype=None):
+    """The trained model ready to generate: LoRA adapters merged into the base weights (no per-layer overhead),
+    and on the CPU its Linear layers swapped for oneDNN ones (:func:`dqf.onednn_linears`); inference only."""
+    from .onednn import onednn_linears
+
     if method == "lora":
         model = model.merge_and_unload()
+    if dtype is not None:
+        model = model.to(dtype)
     model.eval()
+    onednn_linears(model)
     return model
 
 

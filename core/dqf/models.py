@@ -205,10 +205,13 @@ def load_tokenizer(ref: ModelRef, cache_dir: Path | None = None, **kwargs):
         raise _hub_error(ref, exc) from None
 
 
-def load_model(ref: ModelRef, auto_class: str, *, device=None, dtype=None, cache_dir: Path | None = None, **kwargs):
+def load_model(ref: ModelRef, auto_class: str, *, device=None, dtype=None, cache_dir: Path | None = None,
+               inference: bool = False, **kwargs):
     """``transformers.<auto_class>.from_pretrained`` on ``ref``, in eval mode on ``device``.
 
     GGUF files are dequantized once into ``cache_dir`` (so later loads are plain safetensors).
+    ``inference=True`` promises the model is only run, never trained or adapted: on the CPU its
+    Linear layers then run as oneDNN linears on packed weights (:func:`dqf.onednn_linears`).
     """
     transformers = _transformers()
     auto_cls = getattr(transformers, auto_class)
@@ -231,6 +234,10 @@ def load_model(ref: ModelRef, auto_class: str, *, device=None, dtype=None, cache
     if device is not None:
         model.to(device)
     model.eval()
+    if inference:
+        from .onednn import onednn_linears
+
+        onednn_linears(model)
     return model
 
 

@@ -73,7 +73,7 @@ class HfEncoderEmbedder(ModelMixin, Embedder):
         if tok.pad_token_id is None:  # decoder-style tokenizers; padded positions are masked anyway
             tok.pad_token = tok.eos_token or tok.unk_token
         self.tokenizer = tok
-        self.model = load_model(ref, "AutoModel", device=self.device, dtype=dtype)
+        self.model = load_model(ref, "AutoModel", device=self.device, dtype=dtype, inference=True)
         limits = [self.options.max_length]
         if 0 < (tok.model_max_length or 0) < _SANE_MAX_LENGTH:
             limits.append(int(tok.model_max_length))

@@ -277,7 +277,7 @@ class ModsNecessityProbe(Probe):
         prepare_tokenizer(tok)
         if not o.finetune:
             return load_model(self._ref, "AutoModelForCausalLM", device=device, dtype=dtype,
-                              cache_dir=context.cache_dir), tok
+                              cache_dir=context.cache_dir, inference=True), tok
         art = context.artifact_dir(self, model_key)
         if (art / "train.json").exists():
             st["finetune"] = "cached"
@@ -286,7 +286,8 @@ class ModsNecessityProbe(Probe):
                 base = load_model(self._ref, "AutoModelForCausalLM", device=device, dtype=dtype,
                                   cache_dir=context.cache_dir)
                 return load_adapter(base, art), tok
-            return load_model(resolve_model(str(art)), "AutoModelForCausalLM", device=device, dtype=dtype), tok
+            return load_model(resolve_model(str(art)), "AutoModelForCausalLM", device=device, dtype=dtype,
+                              inference=True), tok
 
         # Full fine-tuning keeps fp32 master weights (bf16 AdamW updates underflow); half precision runs via autocast.
         load_dtype = torch.float32 if o.method == "full" else dtype
@@ -322,8 +323,7 @@ class ModsNecessityProbe(Probe):
                    "train_seconds": round(result.seconds, 3), "train_tokens_per_s": round(result.tokens_per_s, 1),
                    "train_loss_first_epoch": round(result.epoch_losses[0], 4),
                    "train_loss_last_epoch": round(result.epoch_losses[-1], 4)})
-        model = merged_for_inference(model, o.method)
-        return model.to(dtype), tok
+        return merged_for_inference(model, o.method, dtype), tok
 
 
 def _load_generations(folder: Path) -> dict[str, str]:

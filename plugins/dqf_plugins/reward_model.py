@@ -116,7 +116,8 @@ class RewardModelScorer(ModelMixin, Scorer):
             raise DqfError(f"reward-model: quantize = 'int8' runs on CPU only, but device {device.type!r} was chosen")
         try:
             tokenizer = load_tokenizer(ref)
-            model = load_model(ref, "AutoModelForSequenceClassification", device=device, dtype=dtype)
+            model = load_model(ref, "AutoModelForSequenceClassification", device=device, dtype=dtype,
+                               inference=self.options.quantize != "int8")
         except DqfError as exc:
             raise DqfError(f"reward-model: {_one_line(str(exc))}") from None
         cfg = model.config

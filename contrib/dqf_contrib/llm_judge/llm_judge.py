@@ -224,7 +224,7 @@ class LlmJudgeScorer(ModelMixin, Scorer):
         device, dtype = self.placement()
         try:
             tok = load_tokenizer(ref)
-            model = load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype)
+            model = load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype, inference=True)
         except DqfError as exc:
             raise DqfError(f"{self.name}: {exc}") from None
         ids = []

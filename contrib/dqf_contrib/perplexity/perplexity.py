@@ -63,7 +63,7 @@ class CausalLMScorer(ModelMixin, Scorer):
         device, dtype = self.placement()
         try:
             tokenizer = load_tokenizer(ref)
-            model = load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype)
+            model = load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype, inference=True)
         except DqfError as exc:
             raise DqfError(f"{self.name}: {exc}") from None
         limit = self.options.max_length

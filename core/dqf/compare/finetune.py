@@ -306,11 +306,11 @@ class _Run:
             return None
         return data if len(data.get("generated", [])) == len(self.held) else None
 
-    def _load_base(self, dtype=None):
+    def _load_base(self, dtype=None, inference: bool = False):
         from ..models import load_model
 
         return load_model(self.ref, "AutoModelForCausalLM", device=self.device, dtype=dtype or self.dtype,
-                          cache_dir=self.cache_root)
+                          cache_dir=self.cache_root, inference=inference)
 
     def model(self, name: str, rows, model_key: str):
         """The model to evaluate: the base, a cached adapter merged in, or one fine-tuned now (and cached)."""
@@ -322,7 +322,7 @@ class _Run:
         o = self.o
         self.last_train_meta = None
         if rows is None:
-            return self._load_base()
+            return self._load_base(inference=True)
         art = self.root / model_key
         meta = self.cached_train_meta(model_key)
         if meta is not None:
