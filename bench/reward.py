@@ -121,10 +121,18 @@ def one_pair_loop(path: Path, max_length: int):
     return run
 
 
-def dqf_scorer(path: Path, **opts):
+def dqf_scorer(path: Path, *, mkl: bool = False, **opts):
+    """The reward-model scorer; ``mkl=True`` keeps torch's default fp32 matmul (no oneDNN swap, DQF_ONEDNN=0)."""
     cls = dqf.build_plugin_manager().get("scorer", "reward-model").cls
     scorer = cls(cls.Options(model=str(path), **opts))
-    scorer.setup()
+    old = os.environ.get("DQF_ONEDNN")
+    if mkl:
+        os.environ["DQF_ONEDNN"] = "0"
+    try:
+        scorer.setup()
+    finally:
+        if mkl:
+            os.environ.pop("DQF_ONEDNN") if old is None else os.environ.__setitem__("DQF_ONEDNN", old)
 
     def run(frame) -> np.ndarray:
         return scorer.score(frame)[scorer.options.column].to_numpy()
@@ -174,16 +182,21 @@ def line(label: str, seconds: float, n: int) -> None:
     print(f"  {label:<34}{seconds:>9.2f} s{n / seconds:>10.1f} rows/s")
 
 
-def int8_report(fp32, q8, n: int) -> None:
+def int8_report(fp32, q8, n: int, mkl=None) -> None:
     (a, a_s), (b, b_s) = fp32, q8
-    line("fp32", a_s, n)
+    if mkl is not None:
+        line("fp32, torch default matmul (MKL)", mkl[1], n)
+    line("fp32 (dqf default: oneDNN linears)", a_s, n)
     line("int8 (per-channel W, per-token x)", b_s, n)
     print(f"  fp32 score std {np.std(a):.4g} (range {np.min(a):.4g} .. {np.max(a):.4g}); "
           f"max |int8 - fp32| {np.max(np.abs(b - a)):.4g}")
     if degenerate(a):
         print("  WARNING: fp32 scores are near-constant; the Spearman below is not meaningful")
     ratio, rho = a_s / b_s, spearman(a, b)
-    print(f"  int8 speed-up {ratio:.2f}x (target >= 1.5x: {verdict(ratio >= 1.5)}); "
+    if mkl is not None:
+        print(f"  oneDNN fp32 vs MKL fp32: {mkl[1] / a_s:.2f}x; max |oneDNN - MKL| {np.max(np.abs(a - mkl[0])):.2e}; "
+              f"int8 vs MKL fp32: {mkl[1] / b_s:.2f}x")
+    print(f"  int8 speed-up over dqf's fp32 {ratio:.2f}x (target >= 1.5x: {verdict(ratio >= 1.5)}); "
           f"Spearman {rho:.4f} (target >= 0.99: {verdict(rho >= 0.99)})")
 
 
@@ -224,6 +237,7 @@ def main() -> None:
         max_length = batched.scorer.stats().get("max_length", args.max_length)
         res = interleaved({"loop": one_pair_loop(path, max_length),  # the same truncation as the scorer's
                            "fp32": batched,
+                           "mkl": dqf_scorer(path, device="cpu", mkl=True, **opts),
                            "int8": dqf_scorer(path, quantize="int8", **opts)}, frame, args.chunks)
         st = batched.scorer.stats()
         print(f"max_length {st['max_length']}, truncated rows {st['truncated_rows']} (of {st['rows_scored']} scored, "
@@ -231,11 +245,12 @@ def main() -> None:
         (loop, loop_s), (fp32, fp32_s) = res["loop"], res["fp32"]
         print(f"\n[batching] same model, same rows, fp32")
         line("batch-1 loop (MoDS reference)", loop_s, n)
-        line(f"dqf length-sorted, batch {args.batch}", fp32_s, n)
+        line(f"dqf length-sorted, batch {args.batch}, MKL", res["mkl"][1], n)
+        line(f"dqf length-sorted, batch {args.batch}, oneDNN", fp32_s, n)
         print(f"  speed-up {loop_s / fp32_s:.2f}x (target: never slower, >= 1.0x: {verdict(fp32_s <= loop_s)}); "
               f"max |batched - loop| {np.max(np.abs(fp32 - loop)):.2e}")
         print(f"\n[int8 vs fp32: this model] dqf batched (batch {args.batch}), {n} rows")
-        int8_report(res["fp32"], res["int8"], n)
+        int8_report(res["fp32"], res["int8"], n, mkl=res["mkl"])
         if not args.model:
             print("  (random weights: this Spearman says little about a trained reward model; see the proxy below)")
 
@@ -247,9 +262,10 @@ def main() -> None:
                 print(f"\n[{label}] skipped: {exc}")
             else:
                 res = interleaved({"fp32": dqf_scorer(proxy, device="cpu", **opts),
+                                   "mkl": dqf_scorer(proxy, device="cpu", mkl=True, **opts),
                                    "int8": dqf_scorer(proxy, quantize="int8", **opts)}, frame, args.chunks)
                 print(f"\n[{label}] dqf batched (batch {args.batch}), {n} rows")
-                int8_report(res["fp32"], res["int8"], n)
+                int8_report(res["fp32"], res["int8"], n, mkl=res["mkl"])
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at end {os.getloadavg()[0]:.1f}")
 
 
