@@ -1,7 +1,7 @@
 """Benchmark: a whole `dqf run` (heuristics + embeddings + k-center) at 10k, 100k and 1M rows: rows/s and peak RSS.
 
 Usage: python bench/scale.py [--sizes 10000,100000,1000000] [--minilm-sizes 10000] [--kcenter-n 1000000]
-                             [--k 1000] [--workdir DIR] [--keep]
+                             [--k 1000] [--read-n 400000] [--workdir DIR] [--keep]
 
 Pools are built from the shared Alpaca 52k and Dolly 15k files (../shared/data, or $DQF_SHARED_DATA):
 row i is source row i mod 67,013 with " [#i]" appended to its instruction, so every row (and its
@@ -22,6 +22,10 @@ in a child process too, with dqf's default CPU path (float16 screen when it meas
 fp16_screen=False, against this machine's read bandwidth measured in the same child
 (bench/kcenter.py's read_bandwidth). bytes/s = k * n * d * 4 / seconds ("float32-equivalent": the
 screen reads a float16 copy, so it may exceed the bandwidth).
+
+With --read-n N, reading an N-row pool of 100k-row shards is timed on the driver (the local engine)
+and as the Ray engine reads it (one Ray task per shard on a local cluster of all cores, merged on
+the driver), after one warm-up read; both must give the same rows.
 """
 
 from __future__ import annotations
@@ -184,11 +188,52 @@ def run_kcenter(n: int, d: int, k: int) -> dict:
     return res
 
 
+def run_read(n: int, src: list[dict], work: Path) -> dict:
+    """Read an n-row pool of 100k-row shards on the driver, then as the Ray engine does (one task per shard)."""
+    import dqf
+    from dqf.engine import Engine
+
+    try:
+        import ray
+        from dqf.ray_engine import RayEngine
+    except ImportError:
+        return {"skipped": "ray is not installed (pip install 'dqf[ray]')"}
+    pool = work / f"read-{n}"
+    if not pool.exists():
+        build_pool(n, src, pool)
+    recipe_path = work / f"read-{n}.toml"
+    recipe_path.write_text(f'name = "read"\n[input]\npath = "{pool}"\nformat = "alpaca"\n[output]\ndir = "{work}/out"\n'
+                           f'[engine]\nkind = "ray"\n[[steps]]\nid = "q"\nscore = {{ plugin = "heuristic" }}\n',
+                           encoding="utf-8")
+    recipe, host = dqf.load_recipe(recipe_path)
+    inp = recipe.model.input
+    out = {"n": n, "shards": len(list(pool.glob("*.jsonl"))), "cpus": os.cpu_count()}
+    t = time.perf_counter()
+    local = Engine(recipe, host, cache_dir=work / "read-cache")._read_input(inp, None)
+    out["driver"] = time.perf_counter() - t
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    t = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    out["ray_start"] = time.perf_counter() - t
+    try:
+        engine = RayEngine(recipe, host, cache_dir=work / "read-cache")
+        engine._read_input(inp, None)  # warm-up: worker processes start and import dqf once
+        t = time.perf_counter()
+        parallel = engine._read_input(inp, None)
+        out["ray"] = time.perf_counter() - t
+        out["same"] = parallel.frame.equals(local.frame) and parallel.rows_read == local.rows_read
+    finally:
+        ray.shutdown()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000", help="pool sizes run with the hash embedder")
     ap.add_argument("--minilm-sizes", default="10000", help="pool sizes also run with MiniLM ('' for none)")
     ap.add_argument("--kcenter-n", type=int, default=1_000_000, help="n of the k-center-alone run (0: skip)")
+    ap.add_argument("--read-n", type=int, default=0,
+                    help="also time reading an n-row pool of shards on the driver vs Ray tasks (0: skip)")
     ap.add_argument("--d", type=int, default=384)
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--workdir", default=None, help="where pools, caches and runs go (default: a temp dir)")
@@ -223,6 +268,16 @@ def main() -> None:
                   f"{r['read']:>6.1f} {r['quality']:>6.1f} {embed:>6.1f} {r['cover'] - embed:>6.1f}  {r['load']}",
                   flush=True)
             results.append(r)
+        if args.read_n:
+            r = run_read(args.read_n, src, work)
+            if "skipped" in r:
+                print(f"\ninput reading: skipped, {r['skipped']}")
+            else:
+                print(f"\ninput reading: {r['n']:,} rows in {r['shards']} jsonl shards, {r['cpus']} CPUs "
+                      f"(Ray cluster started in {r['ray_start']:.1f} s, not counted)")
+                print(f"  driver (local engine)          {r['driver']:7.2f} s {r['n'] / r['driver']:>10,.0f} rows/s")
+                print(f"  Ray tasks, one per shard       {r['ray']:7.2f} s {r['n'] / r['ray']:>10,.0f} rows/s  "
+                      f"{r['driver'] / r['ray']:.2f}x; same rows: {'yes' if r['same'] else 'NO'}")
         if args.kcenter_n:
             r = run_kcenter(args.kcenter_n, args.d, args.k)
             bw = r["bandwidth"]

@@ -86,6 +86,11 @@ class Engine:
             run_cache_dir.reset(cache_token)
             recipe_dir.reset(token)
 
+    def _read_input(self, inp, advance):
+        """The recipe's input as a :class:`dqf.readers.ReadResult` (the Ray engine reads shards on the cluster)."""
+        return read_input(self.recipe.input_path, fmt=inp.format, fields=inp.fields, on_bad_row=inp.on_bad_row,
+                          limit=self.limit, progress=advance)
+
     def _run(self) -> RunResult:
         import polars as pl
 
@@ -98,8 +103,7 @@ class Engine:
         with self.reporter.task("read input", None) as advance:
             t = Timer()
             try:
-                read = read_input(self.recipe.input_path, fmt=inp.format, fields=inp.fields,
-                                  on_bad_row=inp.on_bad_row, limit=self.limit, progress=advance)
+                read = self._read_input(inp, advance)
             except DataError as exc:  # say which recipe pointed at the missing or empty input
                 raise DataError(*[f"{self.recipe.path}: {line}" if line.startswith("input.path") else line
                                   for line in exc.lines]) from None

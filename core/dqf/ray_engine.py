@@ -1,9 +1,11 @@
 """The Ray engine: the local engine's run, with rows missing from the caches scored and embedded on a Ray cluster.
 
-Everything but the computation of missing scores and embeddings is the local engine's code:
-reading and accounting, the score and embedding caches (same keys, one shard per batch, written
-by the driver as results arrive), selectors and probes (on the driver), outputs and manifest.
-:class:`RayEngine` overrides the two seams the local engine computes through,
+Everything but reading the input and the computation of missing scores and embeddings is the
+local engine's code: accounting, the score and embedding caches (same keys, one shard per batch,
+written by the driver as results arrive), selectors and probes (on the driver), outputs and
+manifest. A folder of shards is read by one Ray task per file (:func:`read_shard`, the local
+reader on one file) and merged on the driver in file order, as one sequential read would count
+it. :class:`RayEngine` overrides the two seams the local engine computes through,
 :meth:`Engine._scored_batches` and :meth:`EmbeddingStore._compute`, with Ray Data
 ``map_batches`` over the missing rows only:
 
@@ -176,6 +178,17 @@ def embed_batch(batch, *, spec: WorkerSpec):
         return {ERROR_COLUMN: np.array([message]), TRACEBACK_COLUMN: np.array([tb])}
 
 
+def read_shard(path: str, shown: str, *, fmt: str, fields: dict | None, on_bad_row: str):
+    """Ray task: one input file read as the local engine reads it; a failure comes back in ``FilePart.error``."""
+    from .readers import FilePart, read_file
+
+    try:
+        return read_file(Path(path), fmt=fmt, fields=fields, on_bad_row=on_bad_row, raise_errors=False, shown=shown)
+    except Exception as exc:  # e.g. the file is not on this node's file system
+        return FilePart(shown, "", 0, None, error=[f"input.path: {shown}: cannot be read on Ray worker "
+                                                    f"{socket.gethostname()}: {type(exc).__name__}: {exc}"])
+
+
 class PluginActor:
     """A Ray Data actor: rebuilds the plugin and loads its model once, in the constructor, then maps batches."""
 
@@ -228,6 +241,7 @@ class RayEngine(Engine):
         self._started = False  # dqf started the cluster (and shuts it down after the run)
         self._connected = False
         self._maps: list[dict] = []
+        self._reads: dict | None = None  # set when the input was read by Ray tasks
         self._cluster: dict[str, float] = {}
 
     def run(self):
@@ -263,6 +277,29 @@ class RayEngine(Engine):
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we know
         self._cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
         self._connected = True
+
+    # -- input: shards read in parallel, merged on the driver in file order
+    def _read_input(self, inp, advance):
+        from .readers import display_path, input_files, merge_parts
+
+        files = input_files(self.recipe.input_path)
+        if len(files) < 2 or self.limit is not None or self.config.read == "driver":
+            return super()._read_input(inp, advance)  # one file, or a --limit that must stop in file order
+        self._connect()
+        task = self.ray.remote(read_shard).options(num_cpus=1)
+        fields = dict(inp.fields) if inp.fields else None
+        refs = [task.remote(str(f.resolve()), display_path(f), fmt=inp.format, fields=fields,
+                            on_bad_row=inp.on_bad_row) for f in files]
+        parts: dict = {}
+        pending = list(refs)
+        while pending:
+            ready, pending = self.ray.wait(pending, num_returns=1)
+            for ref in ready:
+                part = parts[ref] = self.ray.get(ref)
+                if advance:
+                    advance(part.rows_read)
+        self._reads = {"files": len(files), "tasks": len(refs)}
+        return merge_parts([parts[r] for r in refs], self.recipe.input_path)
 
     # -- which step is running: its [engine.steps.<id>] settings apply to what it sends to the cluster
     def _run_scorer(self, step, sub):
@@ -381,4 +418,4 @@ class RayEngine(Engine):
 
     def _engine_record(self) -> dict:
         return {"kind": "ray", "address": self.config.address, "ray_version": getattr(self.ray, "__version__", None),
-                "cluster": self._cluster, "maps": self._maps}
+                "cluster": self._cluster, "read": self._reads or {"on": "driver"}, "maps": self._maps}

@@ -72,7 +72,7 @@ def _iter_jsonl(path: Path, text: str, lossy: bool = False) -> Iterator[tuple[in
             yield lineno, BadRow(f"invalid JSON ({exc.msg} at column {exc.colno})"), line
 
 
-def _iter_json_array(path: Path, text: str, lossy: bool = False) -> Iterator[tuple[int, Any, str]]:
+def _iter_json_array(path: Path, text: str, lossy: bool = False, name: str | None = None) -> Iterator[tuple[int, Any, str]]:
     """Yield each element of a top-level JSON array with the line it starts on."""
     decoder = json.JSONDecoder()
     i = _WS.match(text, 0).end()
@@ -87,7 +87,7 @@ def _iter_json_array(path: Path, text: str, lossy: bool = False) -> Iterator[tup
             obj, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError as exc:
             # Inside an array there is no way to resynchronise, so this always stops the run.
-            raise DataError(f"{display_path(path)}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+            raise DataError(f"{name or display_path(path)}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
         bad = _bad_utf8(text[i:end]) if lossy else None
         yield (line, bad[0], bad[1]) if bad is not None else (line, obj, text[i:end])
         i = _WS.match(text, end).end()
@@ -97,10 +97,10 @@ def _iter_json_array(path: Path, text: str, lossy: bool = False) -> Iterator[tup
         if text.startswith("]", i):
             return
         lineno = text.count("\n", 0, i) + 1
-        raise DataError(f"{display_path(path)}:{lineno}: invalid JSON: expected ',' or ']' after array element")
+        raise DataError(f"{name or display_path(path)}:{lineno}: invalid JSON: expected ',' or ']' after array element")
 
 
-def _iter_records(path: Path) -> tuple[Iterator[tuple[int | str, Any, str]], str]:
+def _iter_records(path: Path, name: str | None = None) -> tuple[Iterator[tuple[int | str, Any, str]], str]:
     if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -108,7 +108,7 @@ def _iter_records(path: Path) -> tuple[Iterator[tuple[int | str, Any, str]], str
         try:
             table = pq.read_table(path)
         except Exception as exc:
-            raise DataError(f"{display_path(path)}: unreadable parquet: {exc}") from None
+            raise DataError(f"{name or display_path(path)}: unreadable parquet: {exc}") from None
 
         def gen():
             for i, rec in enumerate(table.to_pylist(), 1):
@@ -124,35 +124,54 @@ def _iter_records(path: Path) -> tuple[Iterator[tuple[int | str, Any, str]], str
         text, lossy = raw.decode("utf-8-sig", "surrogateescape"), True
     first = _WS.match(text, 0).end()
     if path.name.endswith(".json") and text.startswith("[", first):
-        return _iter_json_array(path, text, lossy), digest
+        return _iter_json_array(path, text, lossy, name), digest
     return _iter_jsonl(path, text, lossy), digest
 
 
-def read_input(
-    path: Path,
-    *,
-    fmt: str = "auto",
-    fields: Mapping[str, str] | None = None,
-    on_bad_row: str = "error",
-    limit: int | None = None,
-    progress=None,
-):
-    """Read ``path`` into a :class:`ReadResult`.
+_SCHEMA_NAMES = ("instruction", "input", "output", "n_turns", "_source", "_raw")
 
-    A bad row stops the read with ``file:line: field 'x': reason`` unless ``on_bad_row`` is
-    ``"quarantine"``, in which case it is kept (with its reason) for ``quarantine.jsonl``.
-    Identical rows share one id: they are kept once and counted in ``copies``.
+
+def _schema():
+    import polars as pl
+
+    return {"instruction": pl.String, "input": pl.String, "output": pl.String, "n_turns": pl.Int32,
+            "_source": pl.String, "_raw": pl.String}
+
+
+@dataclass
+class FilePart:
+    """One input file read on its own: its distinct rows (first occurrence, with copies counted) and bad rows."""
+
+    path: str  # as shown to the user
+    sha256: str
+    rows_read: int
+    frame: Any  # polars.DataFrame: id, instruction, input, output, n_turns, copies, _source, _raw
+    quarantined: list[dict] = field(default_factory=list)
+    error: list[str] | None = None  # the first bad row's DataError lines, when ``raise_errors`` was off
+
+
+def read_file(fpath: Path, *, fmt: str = "auto", fields: Mapping[str, str] | None = None, on_bad_row: str = "error",
+              limit: int | None = None, progress=None, raise_errors: bool = True, shown: str | None = None) -> FilePart:
+    """Read one input file into a :class:`FilePart`; at most ``limit`` records.
+
+    A bad row raises ``file:line: field 'x': reason`` (or, with ``raise_errors=False``, ends the
+    read and is returned in ``error``, for readers running where a raise would be wrapped)
+    unless ``on_bad_row`` is ``"quarantine"``. Identical rows in the file share one row.
+    ``shown`` is how messages and ``_source`` name the file (default: relative to the current
+    directory, which on a Ray worker is not the user's).
     """
     import polars as pl
 
-    result = ReadResult(frame=None)
+    fpath = Path(fpath)
+    name = shown if shown is not None else display_path(fpath)
+    schema = _schema()
+    cols: dict[str, list] = {k: [] for k in schema}
     ids: list[str] = []
     copies: list[int] = []
-    schema = {"instruction": pl.String, "input": pl.String, "output": pl.String, "n_turns": pl.Int32,
-              "_source": pl.String, "_raw": pl.String}
-    cols: dict[str, list] = {k: [] for k in schema}
     chunks: list[pl.DataFrame] = []
     index: dict[str, int] = {}
+    quarantined: list[dict] = []
+    rows_read = 0
 
     def flush():
         # Rows become columnar every CHUNK_ROWS, so the Python strings of at most one chunk are alive at a time.
@@ -161,15 +180,13 @@ def read_input(
             for v in cols.values():
                 v.clear()
 
-    for fpath in input_files(Path(path)):
-        records, digest = _iter_records(fpath)
-        n_file = 0
+    try:
+        records, digest = _iter_records(fpath, name)
         for line, rec, text in records:
-            if limit is not None and result.rows_read >= limit:
+            if limit is not None and rows_read >= limit:
                 break
-            result.rows_read += 1
-            n_file += 1
-            source = f"{display_path(fpath)}:{line}" if isinstance(line, int) else f"{display_path(fpath)} {line}"
+            rows_read += 1
+            source = f"{name}:{line}" if isinstance(line, int) else f"{name} {line}"
             try:
                 if isinstance(rec, BadRow):
                     raise rec
@@ -177,12 +194,11 @@ def read_input(
             except BadRow as bad:
                 if on_bad_row != "quarantine":
                     raise DataError(f"{source}: {bad}") from None
-                result.quarantined.append({"source": source, "reason": str(bad), "raw": text if text is not None else rec})
+                quarantined.append({"source": source, "reason": str(bad), "raw": text if text is not None else rec})
                 continue
             pos = index.get(canon.id)
             if pos is not None:
                 copies[pos] += 1
-                result.duplicates += 1
                 continue
             index[canon.id] = len(ids)
             ids.append(canon.id)
@@ -195,28 +211,89 @@ def read_input(
             cols["_raw"].append(json.dumps(rec, ensure_ascii=False))
             if len(cols["_raw"]) >= CHUNK_ROWS:
                 flush()
-            if progress is not None and result.rows_read % 4096 == 0:
+            if progress is not None and rows_read % 4096 == 0:
                 progress(4096)
-        result.files.append({"path": display_path(fpath), "sha256": digest, "rows": n_file})
-        if limit is not None and result.rows_read >= limit:
-            break
+    except DataError as exc:
+        if raise_errors:
+            raise
+        return FilePart(name, "", rows_read, None, quarantined, list(exc.lines))
     if progress is not None:
-        progress(result.rows_read % 4096)
+        progress(rows_read % 4096)
+    flush()
+    del index
+    rest = (pl.concat(chunks, rechunk=False) if len(chunks) > 1 else chunks[0] if chunks
+            else pl.DataFrame({k: [] for k in schema}, schema=schema))
+    frame = rest.select(pl.Series("id", ids, dtype=pl.String), *_SCHEMA_NAMES[:4],
+                        pl.Series("copies", copies, dtype=pl.Int32), *_SCHEMA_NAMES[4:])
+    return FilePart(name, digest, rows_read, frame, quarantined)
+
+
+def merge_parts(parts: list[FilePart], path: Path) -> ReadResult:
+    """The :class:`ReadResult` of reading ``parts``' files one after another, in their order.
+
+    A row met in several files is kept where it first appears (its ``_source``) with the copies
+    of every file added up, exactly as one sequential read counts them. The first file (in
+    order) that stopped on a bad row raises its error.
+    """
+    import polars as pl
+
+    for part in parts:
+        if part.error is not None:
+            raise DataError(*part.error)
+    result = ReadResult(frame=None)
+    result.rows_read = sum(p.rows_read for p in parts)
+    result.quarantined = [q for p in parts for q in p.quarantined]
+    result.files = [{"path": p.path, "sha256": p.sha256, "rows": p.rows_read} for p in parts]
     if result.rows_read == 0:
         raise DataError(f"input.path: {display_path(Path(path))} has no rows")
-    if not ids:
+    frames = [p.frame for p in parts if p.frame is not None and p.frame.height]
+    if not frames:
         raise DataError(
             f"input.path: none of the {result.rows_read} rows in {display_path(Path(path))} is valid "
             f"(all quarantined; first: {result.quarantined[0]['source']}: {result.quarantined[0]['reason']})"
         )
-    flush()
-    del index
-    rest = pl.concat(chunks, rechunk=False) if len(chunks) > 1 else chunks[0]
-    chunks.clear()
-    result.frame = rest.select(
-        pl.Series("id", ids, dtype=pl.String), *list(schema)[:4],
-        pl.Series("copies", copies, dtype=pl.Int32), *list(schema)[4:])
+    if len(frames) == 1:
+        frame = frames[0]
+    else:
+        both = pl.concat(frames, rechunk=False)
+        if both["id"].n_unique() == both.height:
+            frame = both
+        else:  # a row in several files: the first file's copy stays, copies add up
+            cols = [c for c in both.columns if c not in ("id", "copies")]
+            frame = (both.group_by("id", maintain_order=True)
+                     .agg(*[pl.col(c).first() for c in cols], pl.col("copies").sum().cast(pl.Int32))
+                     .select(both.columns))
+    valid = result.rows_read - len(result.quarantined)
+    result.duplicates = valid - frame.height
+    result.frame = frame
     return result
+
+
+def read_input(
+    path: Path,
+    *,
+    fmt: str = "auto",
+    fields: Mapping[str, str] | None = None,
+    on_bad_row: str = "error",
+    limit: int | None = None,
+    progress=None,
+):
+    """Read ``path`` (a file or a folder of shards, files in name order) into a :class:`ReadResult`.
+
+    A bad row stops the read with ``file:line: field 'x': reason`` unless ``on_bad_row`` is
+    ``"quarantine"``, in which case it is kept (with its reason) for ``quarantine.jsonl``.
+    Identical rows share one id: they are kept once and counted in ``copies``.
+    """
+    parts: list[FilePart] = []
+    left = limit
+    for fpath in input_files(Path(path)):
+        if left is not None and left <= 0:
+            break
+        part = read_file(fpath, fmt=fmt, fields=fields, on_bad_row=on_bad_row, limit=left, progress=progress)
+        parts.append(part)
+        if left is not None:
+            left -= part.rows_read
+    return merge_parts(parts, path)
 
 
 def derive_column(name: str, raws, *, fmt: str = "auto", fields: Mapping[str, str] | None = None):

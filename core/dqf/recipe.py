@@ -61,6 +61,8 @@ class EngineConfig(WorkerConfig):
 
     kind: Literal["local", "ray"] = "local"
     address: Optional[str] = None  # Ray: "auto", "ray://host:10001", ...; default: RAY_ADDRESS or a local cluster
+    # Ray: a folder of 2+ shards is read by one Ray task per file ("cluster"), or on the driver ("driver")
+    read: Literal["cluster", "driver"] = "cluster"
     steps: dict[str, WorkerConfig] = {}
     plugins: dict[str, WorkerConfig] = {}
 

@@ -137,7 +137,7 @@ def test_ray_matches_local_and_shares_the_cache(ray_cluster, recipe_path, tmp_pa
     assert steps["reward"]._model is None
     assert steps["diverse"].nested["embedder"].model is None
     engine = ray_run.manifest["engine"]
-    assert engine["kind"] == "ray"
+    assert engine["kind"] == "ray" and engine["read"] == {"on": "driver"}  # one input file: nothing to split
     # [engine] defaults < [engine.plugins.<name>] < [engine.steps.<id>]
     maps = {(m["step"], m["plugin"]): m for m in engine["maps"]}
     assert maps["quality", "heuristic"] == {"step": "quality", "plugin": "heuristic", "compute": "tasks",
@@ -219,3 +219,72 @@ def test_missing_ray_says_how_to_install(recipe_path, tmp_path):
         "dqf: error: the Ray engine (--engine ray) needs the Python package 'ray[data]', which is not installed; "
         "install it with: pip install 'dqf[ray]'"]
     assert not (tmp_path / "out").exists()
+
+
+SHARDED = """
+name = "ray-shards"
+seed = 1
+
+[input]
+path = "shards"
+on_bad_row = "{mode}"
+
+[output]
+dir = "out"
+
+[[steps]]
+id = "quality"
+score = {{ plugin = "heuristic" }}
+where = "output_words >= 5"
+
+[[steps]]
+id = "top"
+select = {{ plugin = "top-k", column = "output_words", k = 20 }}
+"""
+
+
+def _sharded_recipe(root: Path, mode: str, bad_line: bool) -> Path:
+    """Three shards (jsonl, json array, parquet) with rows repeated within and across them, and bad rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = EXAMPLE_POOL.read_text(encoding="utf-8").splitlines()[:90]
+    shards = root / "shards"
+    shards.mkdir(parents=True)
+    a = lines[:30] + lines[:3] + (['{"instruction": 7, "output": "x"}'] if bad_line else [])
+    (shards / "a.jsonl").write_text("\n".join(a) + "\n", encoding="utf-8")
+    (shards / "b.json").write_text("[\n" + ",\n".join(lines[25:60] + ['{"instruction": [1], "output": "y"}']) + "\n]\n", encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist([json.loads(x) for x in lines[55:90] + lines[:2]]), shards / "c.parquet")
+    path = root / "recipe.toml"
+    path.write_text(SHARDED.format(mode=mode), encoding="utf-8")
+    return path
+
+
+def test_shards_read_by_ray_tasks_count_as_one_sequential_read(ray_cluster, tmp_path):
+    recipe_path = _sharded_recipe(tmp_path / "q", "quarantine", bad_line=True)
+    _, local = _run(recipe_path, tmp_path, "local", tmp_path / "cache_local", "local")
+    _, ray_run = _run(recipe_path, tmp_path, "ray", tmp_path / "cache_ray", "ray")
+    assert ray_run.manifest["engine"]["read"] == {"files": 3, "tasks": 3}
+    rows_local, rows_ray = _rows(local.run_dir), _rows(ray_run.run_dir)
+    assert rows_ray.equals(rows_local)  # sources (file:line) included
+    assert rows_ray.height == 90 and (rows_ray["copies"] > 1).sum() == 13
+    inp_local, inp_ray = local.manifest["input"], ray_run.manifest["input"]
+    assert inp_ray == {**inp_local, "read_seconds": inp_ray["read_seconds"]}
+    counts = ray_run.manifest["counts"]
+    assert counts == local.manifest["counts"]
+    assert (counts["rows_read"], counts["quarantined"], counts["duplicates"]) == (107, 2, 15)
+    quarantine = lambda run: (run.run_dir / "quarantine.jsonl").read_text(encoding="utf-8")  # noqa: E731
+    assert quarantine(ray_run) == quarantine(local)
+    assert _selected(ray_run.run_dir) == _selected(local.run_dir)
+
+
+def test_a_bad_row_in_a_shard_read_on_ray_is_the_local_error(ray_cluster, tmp_path):
+    recipe_path = _sharded_recipe(tmp_path / "e", "error", bad_line=True)
+    errors = []
+    for engine in ("local", "ray"):
+        recipe, host = dqf.load_recipe(recipe_path, overrides={"engine": {"kind": engine}})
+        with pytest.raises(dqf.DataError) as err:
+            run_recipe(recipe, host, run_dir=tmp_path / engine, cache_dir=tmp_path / "cache")
+        errors.append(err.value.lines)
+    assert errors[0] == errors[1] and len(errors[0]) == 1
+    assert "a.jsonl:34: " in errors[0][0] and "instruction" in errors[0][0]

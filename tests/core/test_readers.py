@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dqf import DataError
-from dqf.readers import read_input
+from dqf.readers import input_files, merge_parts, read_file, read_input
 
 
 @pytest.fixture(autouse=True)
@@ -524,6 +524,45 @@ def test_duplicates_across_shards(tmp_path):
     assert res.frame.height == 2
     assert res.frame["copies"].to_list() == [2, 1]
     assert res.duplicates == 1
+
+
+def test_files_read_apart_and_merged_in_any_completion_order_equal_one_sequential_read(tmp_path):
+    """What the Ray engine does (one task per shard, merged on the driver) must count exactly as one read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    extra = {"instruction": "only in c", "output": "x"}
+    write_text_container(shards / "a.jsonl", [GOOD[1], b"{not json", GOOD[1]])
+    write_parquet(shards / "b.parquet", [GOOD[0], GOOD[1], GOOD[0]])
+    write_text_container(shards / "c.json", [extra, GOOD[0], {"instruction": 5, "output": "not a string"}])
+    whole = read_input(shards, on_bad_row="quarantine")
+    files = input_files(shards)
+    with ThreadPoolExecutor(3) as pool:  # finishing in any order; merged in file order
+        futures = [pool.submit(read_file, f, on_bad_row="quarantine", raise_errors=False) for f in reversed(files)]
+        parts = [f.result() for f in futures][::-1]
+    merged = merge_parts(parts, shards)
+    assert merged.frame.equals(whole.frame)
+    assert merged.frame["_source"].to_list() == ["shards/a.jsonl:1", "shards/b.parquet row 1", "shards/c.json:2"]
+    assert merged.frame["copies"].to_list() == [3, 3, 1]
+    assert (merged.rows_read, merged.duplicates, len(merged.quarantined)) == (9, 4, 2)
+    assert (whole.rows_read, whole.duplicates, whole.quarantined, whole.files) == \
+           (merged.rows_read, merged.duplicates, merged.quarantined, merged.files)
+
+
+def test_a_part_that_stopped_on_a_bad_row_raises_the_first_files_error(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_text_container(shards / "a.jsonl", [GOOD[0]])
+    write_text_container(shards / "b.jsonl", [GOOD[1], {"instruction": 3, "output": "x"}])
+    write_text_container(shards / "c.jsonl", [b"{broken"])
+    parts = [read_file(f, raise_errors=False) for f in input_files(shards)]
+    assert parts[0].error is None and parts[1].error and parts[2].error
+    with pytest.raises(DataError) as err:
+        merge_parts(parts, shards)
+    with pytest.raises(DataError) as sequential:
+        read_input(shards)
+    assert err.value.lines == sequential.value.lines and err.value.lines[0].startswith("shards/b.jsonl:2: ")
 
 
 def test_limit_counts_rows_read(tmp_path):
