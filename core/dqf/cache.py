@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from .plugin import Plugin
 
 
+#: An entry with more shards than this is merged into one after a step that wrote to it (see CacheEntry.compact).
+COMPACT_ABOVE = 64
+#: Merged shards' names start with this, so they sort before the per-batch (uuid-named) ones and win ties.
+_MERGED_PREFIX = "0000-merged-"
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get("DQF_CACHE_DIR")
     if env:
@@ -60,6 +66,42 @@ class CacheEntry:
         # Shards in name order, first one wins: two runs that scored the same rows at once wrote
         # both, and every later run takes the same one of them.
         return pl.concat(frames, how="vertical_relaxed").unique(subset="id", keep="first", maintain_order=True)
+
+    def compact(self, above: int = COMPACT_ABOVE) -> int:
+        """Merge the entry's shards into one when there are more than ``above``; returns how many were merged.
+
+        A model scorer writes one shard per batch (a few dozen rows), so a million-row step
+        leaves tens of thousands of files, which every later run lists and opens. The merged
+        shard keeps exactly what :meth:`load` would return (one row per id, first shard wins)
+        and is written before the shards it replaces are deleted, so a run killed in between
+        leaves duplicates, never a gap. A run reading the entry at that moment may miss a
+        deleted shard; it then recomputes those rows, as for any shard it cannot read.
+        Shards written by other runs after the listing are left alone.
+        """
+        import polars as pl
+
+        if not self.enabled or not self.dir.is_dir():
+            return 0
+        shards = sorted(self.dir.glob("*.parquet"))
+        if len(shards) <= above:
+            return 0
+        frames, merged = [], []
+        for shard in shards:
+            try:
+                frames.append(pl.read_parquet(shard))
+            except Exception:
+                continue  # unreadable (an older layout): left in place, load() skips it too
+            merged.append(shard)
+        if len(merged) < 2:
+            return 0
+        whole = pl.concat(frames, how="diagonal_relaxed").unique(subset="id", keep="first", maintain_order=True)
+        write_parquet(whole, self.dir / f"{_MERGED_PREFIX}{uuid.uuid4().hex}.parquet")
+        for shard in merged:
+            try:
+                shard.unlink()
+            except FileNotFoundError:  # another run merged it first
+                pass
+        return len(merged)
 
     def write(self, frame: "pl.DataFrame") -> None:
         if not self.enabled or frame.height == 0:

@@ -264,6 +264,8 @@ class Engine:
         else:  # no rows reached this step: its columns still exist, null for every row
             scored = pl.concat([sub.select(key).clear(), pl.DataFrame(schema=columns)], how="horizontal")
         info = {"hits": 0 if hits is None else hits.height, "computed": todo.height}
+        if todo.height and (merged := entry.compact()):
+            info["shards_merged"] = merged
         return scored, {**info, "failed": failed} if failed else info
 
     def _scored_batches(self, scorer: Scorer, todo, batch_size: int, view: list[str], derived: list[str], *,

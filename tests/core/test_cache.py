@@ -358,3 +358,41 @@ def test_scorer_reading_an_upstream_column_recomputes_when_the_upstream_changes(
             assert dbl == 2 * scale * expected[out]  # a stale cached value from another scale would fail here
     # The last run (scale=1 again) is served from the cache entry of the first.
     assert result.manifest["steps"][1]["cache"] == {"hits": len(alpaca_rows), "computed": 0}
+
+
+def _shards(cache: Path, plugin: str) -> list[Path]:
+    return sorted((cache / "scores" / plugin).rglob("*.parquet"))
+
+
+def test_a_step_that_left_many_shards_merges_them_and_reruns_still_hit(tmp_path, setup, write_jsonl, isolated_cache):
+    # counting-len scores 7 rows per batch, one cache shard each: 600 rows leave 86 shards, past COMPACT_ABOVE
+    rows = [{"instruction": f"Explain topic {i}.", "output": " ".join(["word"] * (i % 11 + 1))} for i in range(600)]
+    write_jsonl(rows)
+    first = dqf.run(setup())
+    assert step(first.manifest, "len")["cache"] == {"hits": 0, "computed": 600, "shards_merged": 86}
+    assert step(first.manifest, "words")["cache"] == {"hits": 0, "computed": 600}  # one batch: nothing to merge
+    assert len(_shards(isolated_cache, "counting-len")) == 1
+    second = dqf.run(setup())
+    assert len(calls(tmp_path, "len")) == 600  # nothing scored again
+    assert step(second.manifest, "len")["cache"] == {"hits": 600, "computed": 0}
+    assert second.rows.equals(first.rows)
+
+
+def test_compact_keeps_what_load_returns_and_leaves_unreadable_shards(tmp_path):
+    from dqf.cache import CacheEntry
+
+    class Plugin:
+        def describe(self):
+            return {"name": "fake"}
+
+    entry = CacheEntry(tmp_path / "entry", Plugin())
+    for i in range(6):  # ids overlap between shards, as when two runs scored the same rows at once
+        entry.write(pl.DataFrame({"id": [f"r{j}" for j in range(i, i + 3)], "v": [i * 10 + j for j in range(3)]}))
+    (tmp_path / "entry" / "zz-old.parquet").write_bytes(b"not parquet")
+    want = entry.load(["v"]).sort("id")
+    assert entry.compact(above=10) == 0  # 7 files: under the limit, untouched
+    assert entry.compact(above=3) == 6
+    left = sorted(p.name for p in (tmp_path / "entry").glob("*.parquet"))
+    assert len(left) == 2 and left[0].startswith("0000-merged-") and left[1] == "zz-old.parquet"
+    assert entry.load(["v"]).sort("id").equals(want)
+    assert want.height == 8

@@ -121,9 +121,17 @@ class JudgeServer:
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
                     server.overlap.notify_all()
+                self._done = False
                 try:
                     self._answer()
                 finally:
+                    self._finish()
+
+            def _finish(self):
+                # Once, before the response goes out: the client may send its next request the moment it has
+                # the answer, and that must not count as a third request in flight.
+                if not self._done:
+                    self._done = True
                     with server.lock:
                         server.inflight -= 1
 
@@ -160,6 +168,7 @@ class JudgeServer:
 
             def _send(self, code, payload, raw=False, retry_after=None):
                 data = (payload if raw else json.dumps(payload)).encode()
+                self._finish()
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")
