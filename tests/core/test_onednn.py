@@ -37,6 +37,37 @@ def test_same_numbers_as_nn_linear_and_every_linear_swapped(dtype, tol):
     assert rel < tol
 
 
+@pytest.mark.parametrize("pack", [True, False])
+def test_packed_and_unpacked_weights_give_the_same_numbers(pack):
+    ref, model = mlp(5), mlp(5)
+    onednn_linears(model, pack=pack)
+    assert all((m._packed is not None) == pack for m in model.modules() if type(m).__name__ == "OneDnnLinear")
+    x = torch.randn(16, 64)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_packs_only_when_the_copies_fit_in_a_quarter_of_available_memory(monkeypatch):
+    from dqf import onednn
+
+    weights = 64 * 128 * 4 + 128 * 32 * 4 + 32 * 1 * 4  # the three layers' float32 weights
+    monkeypatch.setattr(onednn, "available_memory", lambda: 4 * weights)
+    model = mlp(6)
+    onednn_linears(model)
+    assert model[0]._packed is not None
+    monkeypatch.setattr(onednn, "available_memory", lambda: 4 * weights - 4)
+    model = mlp(6)
+    onednn_linears(model)
+    assert model[0]._packed is None
+
+
+def test_available_memory_is_read():
+    from dqf.onednn import available_memory
+
+    free = available_memory()
+    assert free is None or 0 < free < 1 << 50
+
+
 def test_skip_and_weights_kept_for_code_that_reads_them():
     model = mlp(1)
     w = model[0].weight
