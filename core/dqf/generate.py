@@ -158,7 +158,7 @@ def _greedy(model, rows: list[list[int]], pad_id: int, eos_ids: set[int], max_ne
     import torch
 
     kw = _cache_kwarg(model)
-    cache = _prefill(model, rows, pad_id, device)
+    cache = _prefill(model, rows, pad_id, device, kw)
     width = cache.get_seq_length()
     # Attention mask over cached tokens plus the one being fed: row i's last len(i) columns are real.
     mask = torch.zeros((len(rows), width + 1), dtype=torch.long, device=device)
@@ -211,7 +211,7 @@ def prefill_groups(lengths: Sequence[int], call_cost: int = _CALL_COST_TOKENS) -
     return runs[::-1]
 
 
-def _prefill(model, rows: list[list[int]], pad_id: int, device):
+def _prefill(model, rows: list[list[int]], pad_id: int, device, cache_kwarg: str):
     """The key/value cache of every prompt but its last token (rows longest first), computed in groups of
     similar length and laid out as one left-padded batch.
 
@@ -234,7 +234,7 @@ def _prefill(model, rows: list[list[int]], pad_id: int, device):
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache(config=model.config)
         model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-              **{_cache_kwarg(model): cache})
+              **{cache_kwarg: cache})
         w = ids.shape[1]
         for li, layer in enumerate(cache.layers):
             if not keys or len(keys) <= li:
