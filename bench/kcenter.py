@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from dqf.kcenter import kcenter_greedy
+from dqf.select.kcenter import kcenter_greedy
 
 
 def synthetic_embeddings(n: int, d: int, seed: int = 0, clusters: int = 64) -> np.ndarray:

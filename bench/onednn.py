@@ -1,4 +1,4 @@
-"""Benchmark: CPU Linear layers through torch's default matmul (MKL) against oneDNN on packed weights (dqf.onednn_linears).
+"""Benchmark: CPU Linear layers through torch's default matmul (MKL) against oneDNN on packed weights (dqf.lm.onednn_linears).
 
 Usage: python bench/onednn.py [--rows 2000] [--repeat 20]
 
@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 import dqf
-from dqf.onednn import onednn_available, onednn_linears
-from dqf.readers import read_input
+import dqf.registry
+import dqf.lm
+from dqf.lm.onednn import onednn_available, onednn_linears
+from dqf.io.readers import read_input
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [("MiniLM ffn in", 384, 1536), ("MiniLM ffn out", 1536, 384), ("SmolLM2 q/o", 576, 576),
@@ -64,7 +66,7 @@ def layers(repeat: int) -> None:
 
 def embedder(rows: int) -> None:
     texts = read_input(ROOT / "examples" / "data" / "alpaca_2k.jsonl").frame["instruction"].head(rows).to_list()
-    cls = dqf.build_plugin_manager().get("embedder", "hf-encoder").cls
+    cls = dqf.registry.build_plugin_manager().get("embedder", "hf-encoder").cls
     out = {}
     for label, switch in (("torch default (MKL)", "0"), ("dqf (oneDNN)", "1")):
         os.environ["DQF_ONEDNN"] = switch

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 import dqf
-from dqf.readers import read_input
+import dqf.registry
+import dqf.lm
+from dqf.io.readers import read_input
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POOLS = [ROOT.parent / "shared/data/alpaca_52k/alpaca_data.json", ROOT / "examples/data/alpaca_2k.jsonl"]
@@ -40,7 +42,7 @@ def _tokenizer_source(target: Path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(dqf.resolve_model(MINILM).path)
+        return AutoTokenizer.from_pretrained(dqf.lm.resolve_model(MINILM).path)
     except dqf.DqfError:
         sys.path.insert(0, str(ROOT / "tests"))
         import tiny_models
@@ -74,7 +76,7 @@ def build_minilm_proxy(target: Path, calibration) -> Path:
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    src = dqf.resolve_model(MINILM).path
+    src = dqf.lm.resolve_model(MINILM).path
     tok = AutoTokenizer.from_pretrained(src)
     model = BertForSequenceClassification.from_pretrained(src, num_labels=1).eval()
     q = [i + "\n" + x if x else i for i, x in zip(calibration["instruction"], calibration["input"])]
@@ -123,7 +125,7 @@ def one_pair_loop(path: Path, max_length: int):
 
 def dqf_scorer(path: Path, *, mkl: bool = False, **opts):
     """The reward-model scorer; ``mkl=True`` keeps torch's default fp32 matmul (no oneDNN swap, DQF_ONEDNN=0)."""
-    cls = dqf.build_plugin_manager().get("scorer", "reward-model").cls
+    cls = dqf.registry.build_plugin_manager().get("scorer", "reward-model").cls
     scorer = cls(cls.Options(model=str(path), **opts))
     old = os.environ.get("DQF_ONEDNN")
     if mkl:

@@ -156,7 +156,7 @@ def run_size(n: int, embedder: str, src: list[dict], work: Path, k: int) -> dict
 def kcenter_child(n: int, d: int, k: int) -> None:
     """In a child process: k-center alone, with and without the float16 screen, and the read bandwidth."""
     kb = _bench_kcenter()
-    from dqf.kcenter import kcenter_greedy
+    from dqf.select.kcenter import kcenter_greedy
 
     t = time.perf_counter()
     X = kb.synthetic_embeddings(n, d)
@@ -191,11 +191,11 @@ def run_kcenter(n: int, d: int, k: int) -> dict:
 def run_read(n: int, src: list[dict], work: Path) -> dict:
     """Read an n-row pool of 100k-row shards on the driver, then as the Ray engine does (one task per shard)."""
     import dqf
-    from dqf.engine import Engine
+    from dqf.engine.local import LocalExecutor
 
     try:
         import ray
-        from dqf.ray_engine import RayEngine
+        from dqf.engine.ray import RayExecutor
     except ImportError:
         return {"skipped": "ray is not installed (pip install 'dqf[ray]')"}
     pool = work / f"read-{n}"
@@ -206,20 +206,19 @@ def run_read(n: int, src: list[dict], work: Path) -> dict:
                            f'[engine]\nkind = "ray"\n[[steps]]\nid = "q"\nscore = {{ plugin = "heuristic" }}\n',
                            encoding="utf-8")
     recipe, host = dqf.load_recipe(recipe_path)
-    inp = recipe.model.input
     out = {"n": n, "shards": len(list(pool.glob("*.jsonl"))), "cpus": os.cpu_count()}
     t = time.perf_counter()
-    local = Engine(recipe, host, cache_dir=work / "read-cache")._read_input(inp, None)
+    local = LocalExecutor(recipe).read_input(None, None)
     out["driver"] = time.perf_counter() - t
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     t = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     out["ray_start"] = time.perf_counter() - t
     try:
-        engine = RayEngine(recipe, host, cache_dir=work / "read-cache")
-        engine._read_input(inp, None)  # warm-up: worker processes start and import dqf once
+        executor = RayExecutor(recipe)
+        executor.read_input(None, None)  # warm-up: worker processes start and import dqf once
         t = time.perf_counter()
-        parallel = engine._read_input(inp, None)
+        parallel = executor.read_input(None, None)
         out["ray"] = time.perf_counter() - t
         out["same"] = parallel.frame.equals(local.frame) and parallel.rows_read == local.rows_read
     finally:

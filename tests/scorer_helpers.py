@@ -1,19 +1,13 @@
-"""Helpers shared by scorer tests: the batch the engine hands a scorer, short real rows, a one-row reference loss."""
+"""Helpers shared by scorer tests beyond :mod:`dqf.testing`: short real rows from a pool."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import polars as pl
+from dqf.testing import answer_nll, scorer_batch  # noqa: F401 - re-exported for the tests
 
-
-def scorer_batch(rows) -> pl.DataFrame:
-    """The frame the engine hands ``Scorer.score``, from dicts (``input`` optional) or (instruction, input, output)."""
-    rows = [r if isinstance(r, dict) else dict(zip(("instruction", "input", "output"), r)) for r in rows]
-    return pl.DataFrame({"id": [str(i) for i in range(len(rows))],
-                         "instruction": [r["instruction"] for r in rows], "input": [r.get("input", "") for r in rows],
-                         "output": [r["output"] for r in rows], "n_turns": [1] * len(rows)})
+__all__ = ["scorer_batch", "short_pool_rows", "answer_nll"]
 
 
 def short_pool_rows(pool: Path, n: int = 10, max_words: int = 60) -> list[dict]:
@@ -26,14 +20,3 @@ def short_pool_rows(pool: Path, n: int = 10, max_words: int = 60) -> list[dict]:
         if len(rows) == n:
             break
     return rows
-
-
-def answer_nll(model, prompt_ids, answer_ids) -> float:
-    """One row, straight transformers: mean loss over the answer tokens (labels = -100 on the prompt)."""
-    import torch
-
-    ids = torch.tensor([list(prompt_ids) + list(answer_ids)])
-    labels = ids.clone()
-    labels[0, :len(prompt_ids)] = -100
-    with torch.no_grad():
-        return model(input_ids=ids, labels=labels).loss.item()

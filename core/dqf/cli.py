@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import DqfError
+from dqf._version import __version__
+from dqf.errors import DqfError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -41,9 +41,9 @@ def cli(ctx, debug):
                                 "implies --engine ray).")
 def run(recipe, out, limit, no_cache, cache_dir, engine, address):
     """Run RECIPE and write selected.*, rows.parquet and manifest.json."""
-    from . import load_recipe
-    from .engine import run_recipe
-    from .progress import RichReporter
+    from dqf import load_recipe
+    from dqf.engine import run_recipe
+    from dqf.engine.progress import RichReporter
 
     engine = engine or ("ray" if address else None)
     overrides = {k: v for k, v in (("kind", engine), ("address", address)) if v is not None}
@@ -57,7 +57,7 @@ def run(recipe, out, limit, no_cache, cache_dir, engine, address):
 @click.argument("recipe", type=click.Path(path_type=Path))
 def validate(recipe):
     """Check RECIPE completely without loading any model."""
-    from . import load_recipe
+    from dqf import load_recipe
 
     rec, _ = load_recipe(recipe)
     flow = " -> ".join(f"{s.id} ({s.kind} {s.plugin.name})" for s in rec.steps)
@@ -68,8 +68,7 @@ def validate(recipe):
 @click.option("--json", "as_json", is_flag=True, help="Print name, kind, options schema, distribution and module as JSON.")
 def plugins(as_json):
     """List installed scorers, selectors, probes and embedders."""
-    from . import build_plugin_manager
-    from .plugins import describe_plugins
+    from dqf.registry import build_plugin_manager, describe_plugins
 
     info = describe_plugins(build_plugin_manager())
     if as_json:
@@ -114,10 +113,10 @@ def plugins(as_json):
 def compare(runs, out, no_baselines, seed, embedder, embedder_model, embed_field, tokenizer, labels, pool, finetune,
             finetune_model, finetune_steps, heldout, judge, no_cache, cache_dir):
     """Compare the selections of RUNS (run directories or recipes) on their shared pool."""
-    from .compare import compare as run_compare
-    from .compare.embed import embedder_spec, parse_spec
-    from .compare.table import print_tables
-    from .progress import RichReporter
+    from dqf.compare import compare as run_compare
+    from dqf.compare.embed import embedder_spec, parse_spec
+    from dqf.compare.table import print_tables
+    from dqf.engine.progress import RichReporter
 
     ft_options = {"model": finetune_model, **({"steps": finetune_steps} if finetune_steps else {}),
                   **({"judge": parse_spec(judge, "--judge")} if judge else {})}
@@ -139,9 +138,9 @@ def cache():
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache directory (default: $DQF_CACHE_DIR, else $XDG_CACHE_HOME/dqf or ~/.cache/dqf).")
 def cache_clear(cache_dir):
     """Delete everything dqf cached (scores, embeddings, artifacts, models)."""
-    from .cache import ScoreCache
+    from dqf.store import Store
 
-    c = ScoreCache(cache_dir)
+    c = Store(cache_dir)
     freed = c.clear()
     click.echo(f"cleared {c.root} ({freed / 1e6:.1f} MB)")
 
@@ -149,13 +148,13 @@ def cache_clear(cache_dir):
 @cache.command("path")
 def cache_path():
     """Print the default cache directory."""
-    from .cache import default_cache_dir
+    from dqf.store import default_cache_dir
 
     click.echo(str(default_cache_dir()))
 
 
 def _register_plugin_commands() -> None:
-    from . import build_plugin_manager
+    from dqf.registry import build_plugin_manager
 
     try:
         host = build_plugin_manager()

@@ -21,3 +21,24 @@ class DataError(DqfError):
 
 class PluginError(DqfError):
     """A plugin is unknown, duplicated or failed to load."""
+
+
+def missing_dependency(module: str, extra: str | None = None, package: str | None = None, *,
+                       user: str = "this plugin") -> DqfError:
+    """The error to raise when an optional heavy library is not installed: names it and the pip command.
+
+    ``user`` says who needs it (e.g. "the Ray engine"); ``extra`` names a dqf extra that installs it.
+    """
+    pkg = package or module
+    hint = f"pip install 'dqf[{extra}]'" if extra else f"pip install {pkg}"
+    return DqfError(f"{user} needs the Python package {pkg!r}, which is not installed; install it with: {hint}")
+
+
+def require(module: str, package: str | None = None, extra: str | None = None, *, user: str = "this plugin"):
+    """Import a heavy optional module, or raise :func:`missing_dependency`'s one-line error."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise missing_dependency(module, extra=extra, package=package, user=user) from None

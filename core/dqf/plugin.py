@@ -77,6 +77,19 @@ class PluginSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+@dataclass(frozen=True)
+class Workspace:
+    """Where a plugin's paths point: the recipe's folder and the run's cache. Set on every plugin before it runs.
+
+    ``base_dir`` is what relative paths in its options (a model folder, a reference file) resolve
+    against: the recipe's folder. ``cache_dir`` is the cache root of the run, where a GGUF model is
+    converted once (``None`` outside a run: then nothing is written).
+    """
+
+    base_dir: Optional[Path] = None
+    cache_dir: Optional[Path] = None
+
+
 class Plugin:
     """Common shape of scorers, selectors, probes and embedders.
 
@@ -98,14 +111,26 @@ class Plugin:
         self.options = options if options is not None else self.Options()
         #: Instances of the plugins named in ``nested_plugins`` fields, set by the recipe loader.
         self.nested: dict[str, Plugin] = {}
-        #: Counters a plugin fills while it runs; :meth:`stats` reports them.
+        #: Counters a plugin fills while it runs (see :meth:`count`); :meth:`stats` reports them.
         self._stats: dict[str, Any] = {}
+        #: Set by the recipe loader and the engine; see :class:`Workspace`.
+        self.workspace = Workspace()
+
+    def bind(self, workspace: "Workspace") -> None:
+        """Set ``workspace`` on this plugin and every plugin nested in it."""
+        self.workspace = workspace
+        for plugin in self.nested.values():
+            plugin.bind(workspace)
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``key`` that :meth:`stats` reports (e.g. ``rows_scored``)."""
+        self._stats[key] = self._stats.get(key, 0) + n
 
     def nested_plugin(self, field: str) -> "Plugin":
         """The instance built for the nested spec in option ``field`` (e.g. ``"embedder"``)."""
         plugin = self.nested.get(field)
         if plugin is None:
-            from .errors import DqfError
+            from dqf.errors import DqfError
 
             raise DqfError(f"{self.name}: no {field!r} plugin was built; build {self.name!r} from a recipe "
                            f"(which instantiates `{field}`) or set .nested[{field!r}]")
@@ -243,20 +268,17 @@ def row_texts(rows: "pl.DataFrame", field: str) -> list[str]:
     """Text of each row for ``field``.
 
     ``instruction``, ``output`` or any other string column are taken as they are; ``prompt``
-    is the instruction followed by a newline and the input when the input is non-empty
-    (as MoDS builds its question); ``both`` is the prompt, a newline, then the output.
+    is the MoDS question (:func:`dqf.lm.question`: the instruction, then a newline and the input
+    when the input is non-empty); ``both`` is the prompt, a newline, then the output.
     """
     import polars as pl
 
-    prompt = (
-        pl.when(pl.col("input").str.len_chars() > 0)
-        .then(pl.concat_str([pl.col("instruction"), pl.col("input")], separator="\n"))
-        .otherwise(pl.col("instruction"))
-    )
+    from dqf.lm.prompts import question_expr
+
     if field == "prompt":
-        expr = prompt
+        expr = question_expr()
     elif field == "both":
-        expr = pl.concat_str([prompt, pl.col("output")], separator="\n")
+        expr = pl.concat_str([question_expr(), pl.col("output")], separator="\n")
     else:
         expr = pl.col(field).cast(pl.String)
     return rows.select(expr.fill_null("").alias("t"))["t"].to_list()
@@ -277,6 +299,7 @@ class StepContext:
     _embeddings: Any = field(default=None, repr=False)
     _score: Any = field(default=None, repr=False)
     _progress: Any = field(default=None, repr=False)
+    _artifacts: Any = field(default=None, repr=False)
 
     def step_rows(self, step_id: str) -> "pl.DataFrame":
         """Rows (with every column computed so far) in the result of an earlier step, or ``"input"``."""
@@ -297,4 +320,4 @@ class StepContext:
 
     def artifact_dir(self, plugin: "Plugin", key: str) -> Path:
         """A folder in the cache for large artifacts (fine-tuned weights, ...), stable for ``key``."""
-        return Path(self.cache_dir) / "artifacts" / plugin.name / key
+        return self._artifacts(plugin, key)

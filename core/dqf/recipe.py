@@ -11,11 +11,11 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
-from .errors import DqfError, PluginError, RecipeError
-from .plugin import BASE_COLUMNS, DERIVED_COLUMNS, Plugin, Probe, Scorer
+from dqf.errors import DqfError, PluginError, RecipeError
+from dqf.registry import KINDS, step_kind
+from dqf.plugin import BASE_COLUMNS, DERIVED_COLUMNS, Plugin, Probe, Scorer, Workspace
 
-STEP_KINDS = ("score", "select", "probe")
-_KIND_OF = {"score": "scorer", "select": "selector", "probe": "probe"}
+STEP_KINDS = tuple(k.step_key for k in KINDS.values() if k.step_key)
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
@@ -234,16 +234,11 @@ def load_recipe(path: str | Path, host_factory, *, overrides: dict | None = None
         host = host_factory(local)
     except PluginError as exc:
         raise RecipeError(*[f"{label}: plugins: {line}" for line in exc.lines]) from None
-    from .models import recipe_dir
-
-    token = recipe_dir.set(path.parent.resolve())  # plugins resolve relative model paths against the recipe
-    try:
-        return _validate(path, label, raw, model, host, errors)
-    finally:
-        recipe_dir.reset(token)
+    # Plugins resolve relative paths (models, reference files) against the recipe's folder.
+    return _validate(path, label, raw, model, host, errors, Workspace(base_dir=path.parent.resolve()))
 
 
-def _validate(path, label, raw, model, host, errors):
+def _validate(path, label, raw, model, host, errors, workspace):
 
     steps: list[Step] = []
     seen: dict[str, int] = {}
@@ -262,7 +257,7 @@ def _validate(path, label, raw, model, host, errors):
             errors.append(f"{key}: exactly one of score / select / probe is required (got {what})")
             continue
         kind = given[0]
-        plugin = instantiate(host, _KIND_OF[kind], getattr(sc, kind), f"{key}.{kind}", errors)
+        plugin = instantiate(host, step_kind(kind).name, getattr(sc, kind), f"{key}.{kind}", errors, workspace=workspace)
         if plugin is None:
             continue
         source = sc.from_ if sc.from_ is not None else (model.steps[i - 1].id if i > 0 else "input")
@@ -294,10 +289,12 @@ def _validate(path, label, raw, model, host, errors):
     return recipe, host
 
 
-def instantiate(host, kind: str, spec: Any, keypath: str, errors: list[str]) -> Plugin | None:
+def instantiate(host, kind: str, spec: Any, keypath: str, errors: list[str], *,
+                workspace: Workspace | None = None) -> Plugin | None:
     """Validate ``spec`` ({plugin = name, **options}) as a ``kind`` plugin and build it, nested plugins included.
 
-    Problems are appended to ``errors`` as ``keypath.sub.key: message``; returns None then.
+    The plugin and its nested plugins get ``workspace`` before their ``check()`` runs. Problems are
+    appended to ``errors`` as ``keypath.sub.key: message``; returns None then.
     """
     if isinstance(spec, BaseModel):
         spec = {"plugin": getattr(spec, "plugin", None), **(spec.model_extra or {})}
@@ -325,12 +322,14 @@ def instantiate(host, kind: str, spec: Any, keypath: str, errors: list[str]) -> 
     except Exception as exc:  # a plugin rejecting a combination of options
         errors.append(f"{keypath}: {exc}")
         return None
+    if workspace is not None:
+        plugin.workspace = workspace
     ok = True
     for fname, nkind in info.cls.nested_plugins.items():
         nspec = getattr(options, fname, None)
         if nspec is None:
             continue
-        child = instantiate(host, nkind, nspec, f"{keypath}.{fname}", errors)
+        child = instantiate(host, nkind, nspec, f"{keypath}.{fname}", errors, workspace=workspace)
         if child is None:
             ok = False
         else:

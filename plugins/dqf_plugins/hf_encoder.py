@@ -6,14 +6,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from dqf import (BASE_COLUMNS, Embedder, ModelMixin, PluginOptions, collate, length_batches, load_model,
-                 load_tokenizer)
+from dqf import BASE_COLUMNS, Embedder, PluginOptions
+from dqf.lm import ModelMixin, collate, effective_max_length, length_batches
 
 # The embedding cache hands embed() this many batches' worth of texts per call, so sorting a
 # call's texts by length groups similar lengths and dynamic padding wastes little compute.
 _BATCHES_PER_CALL = 8
-# Tokenizers without a known limit report a huge model_max_length (1e30); ignore those.
-_SANE_MAX_LENGTH = 1_000_000
 
 
 class HfEncoderOptions(PluginOptions):
@@ -65,23 +63,14 @@ class HfEncoderEmbedder(ModelMixin, Embedder):
     def setup(self):
         if self.model is not None:
             return
-        ref = self.model_ref()
-        self.device, dtype = self.placement()
-        tok = load_tokenizer(ref)
+        self.device = self.placement()[0]
+        tok, model = self.load_pretrained("AutoModel")
         # CLS pooling reads position 0, so padding must go on the right whatever the tokenizer's default.
         tok.padding_side = "right"
         if tok.pad_token_id is None:  # decoder-style tokenizers; padded positions are masked anyway
             tok.pad_token = tok.eos_token or tok.unk_token
-        self.tokenizer = tok
-        self.model = load_model(ref, "AutoModel", device=self.device, dtype=dtype, inference=True)
-        limits = [self.options.max_length]
-        if 0 < (tok.model_max_length or 0) < _SANE_MAX_LENGTH:
-            limits.append(int(tok.model_max_length))
-        else:  # no tokenizer limit: positions past the model's table would fail with an index error
-            n_pos = getattr(self.model.config, "max_position_embeddings", None)
-            if isinstance(n_pos, int) and n_pos > 0:
-                limits.append(n_pos)
-        self._max_length = min(limits)
+        self.tokenizer, self.model = tok, model
+        self._max_length = effective_max_length(self.options.max_length, model.config, tok)
 
     def embed(self, texts):
         import numpy as np

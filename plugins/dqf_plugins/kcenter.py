@@ -53,7 +53,7 @@ class KCenterSelector(Selector):
         import numpy as np
         import polars as pl
 
-        from dqf import kcenter_greedy  # loads numpy: kept out of plugin registration
+        from dqf.select import kcenter_greedy  # loads numpy: kept out of plugin registration
 
         o = self.options
         emb = self.nested_plugin("embedder")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -12,9 +11,10 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
-from dqf import (DqfError, PluginOptions, PluginSpec, Probe, TrainConfig, add_lora, generate_answers, load_adapter,
-                 load_model, load_tokenizer, merged_for_inference, pick_device, pick_dtype, prepare_tokenizer,
-                 prompt_ids, resolve_model, save_trained, train_causal_lm, training_examples, truncate_left)
+from dqf import DqfError, PluginOptions, PluginSpec, Probe, atomic_path
+from dqf.lm import (TrainConfig, add_lora, generate_answers, load_adapter, load_model, load_tokenizer,
+                    merged_for_inference, pick_device, pick_dtype, prepare_tokenizer, prompt_ids, resolve_model,
+                    save_trained, train_causal_lm, training_examples, truncate_left)
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -95,9 +95,12 @@ class ModsNecessityProbe(Probe):
     Options = ModsNecessityOptions
     nested_plugins = {"judge": "scorer"}
 
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._ref = resolve_model(self.options.base_model)  # fails at validation, not after hours of work
+    @property
+    def _ref(self):
+        ref = self.__dict__.get("_base_ref")
+        if ref is None:  # relative to the recipe's folder
+            ref = self.__dict__["_base_ref"] = resolve_model(self.options.base_model, self.workspace.base_dir)
+        return ref
 
     def columns(self):
         import polars as pl
@@ -152,6 +155,7 @@ class ModsNecessityProbe(Probe):
         return sorted(rank[:self.options.limit])
 
     def check(self):
+        self._ref  # a missing model fails at validation, not after hours of work
         judge = self.nested.get("judge")
         if judge is not None:
             self._judge_column(judge)
@@ -343,7 +347,5 @@ def _load_generations(folder: Path) -> dict[str, str]:
 
 def _write_part(folder: Path, frame) -> None:
     """One batch of generations as its own parquet file, renamed into place so a killed run leaves no torn file."""
-    name = f"part-{uuid.uuid4().hex}.parquet"
-    tmp = folder / f".{name}.tmp"
-    frame.write_parquet(tmp)
-    os.replace(tmp, folder / name)
+    with atomic_path(folder / f"part-{uuid.uuid4().hex}.parquet") as tmp:
+        frame.write_parquet(tmp)

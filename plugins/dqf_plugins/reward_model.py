@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from dqf import (DqfError, ModelMixin, PluginOptions, Scorer, collate, length_batches, load_model, load_tokenizer,
-                 quantize_int8, require, row_texts)
+from dqf import DqfError, PluginOptions, require, row_texts
+from dqf.lm import MAX_PADDING, ModelScorer, collate, effective_max_length, length_batches, pad_token_id, quantize_int8
 
 DEFAULT_MODEL = "OpenAssistant/reward-model-deberta-v3-large-v2"
 
@@ -29,7 +28,7 @@ class RewardModelOptions(PluginOptions):
         default="auto", description="auto: bfloat16 (or float16) on a GPU, float32 on CPU.")
     quantize: Literal["none", "int8"] = Field(
         default="none", description="int8: the Linear layers (the head aside) run in int8, per-channel weights and "
-                                    "per-token activations (dqf.quantize_int8; CPU only; faster, scores shift "
+                                    "per-token activations (dqf.lm.quantize_int8; CPU only; faster, scores shift "
                                     "slightly).")
 
     @model_validator(mode="after")
@@ -48,23 +47,12 @@ def questions_and_answers(batch) -> tuple[list[str], list[str]]:
     return row_texts(batch, "prompt"), row_texts(batch, "output")
 
 
-#: Most padding a sub-batch may carry, as a fraction of its real tokens. Past it a batch of pairs costs more
-#: than running them one at a time, which is what happens to the few long rows at the end of a sorted batch.
-MAX_PADDING = 0.25
-
-
 def sub_batches(lengths, batch_size: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
     """Positions grouped for forward passes: sorted by length, at most ``batch_size`` each, padding capped."""
     return length_batches(lengths, batch_size, max_padding=max_padding)
 
 
-def _one_line(text: str, limit: int = 400) -> str:
-    # hub/OS errors from from_pretrained span several lines; the user gets one readable line
-    flat = re.sub(r"\s+", " ", text).strip()
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-class RewardModelScorer(ModelMixin, Scorer):
+class RewardModelScorer(ModelScorer):
     """Score each row with a reward model's single logit on ``tokenizer(question, answer)``, as MoDS does.
 
     The engine hands large batches; inside one, rows are sorted by token length and run in
@@ -76,18 +64,7 @@ class RewardModelScorer(ModelMixin, Scorer):
     name = "reward-model"
     version = "1"
     Options = RewardModelOptions
-    cache_ignore = frozenset({"batch_size"})  # speed only: padding is masked, scores equal within fp noise
-    # Large engine batches give the length sort many rows to group; the forward-pass size is options.batch_size.
-    batch_size = 512
-
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._model = None
-        self._tokenizer = None
-        self._max_length = None
-        self._truncated = 0
-        self._scored = 0
-
+    auto_class = "AutoModelForSequenceClassification"
     # -- identity -------------------------------------------------------------------------
 
     def device_preference(self):
@@ -102,25 +79,21 @@ class RewardModelScorer(ModelMixin, Scorer):
 
         return {self.options.column: pl.Float64}
 
-    def stats(self):
-        return self.truncation_stats()
+    def inference(self):
+        return self.options.quantize != "int8"  # int8 replaces the Linear layers itself
+
+    def effective_max_length(self, tokenizer, model):
+        return effective_max_length(self.options.max_length, model.config, tokenizer)
 
     # -- setup ----------------------------------------------------------------------------
     def setup(self):
-        if self._model is not None:
-            return
-        torch = require("torch")
-        ref = self.model_ref()
-        device, dtype = self.placement()
-        if self.options.quantize == "int8" and device.type != "cpu":
-            raise DqfError(f"reward-model: quantize = 'int8' runs on CPU only, but device {device.type!r} was chosen")
-        try:
-            tokenizer = load_tokenizer(ref)
-            model = load_model(ref, "AutoModelForSequenceClassification", device=device, dtype=dtype,
-                               inference=self.options.quantize != "int8")
-        except DqfError as exc:
-            raise DqfError(f"reward-model: {_one_line(str(exc))}") from None
-        cfg = model.config
+        if self.model is None and self.options.quantize == "int8" and self.placement()[0].type != "cpu":
+            raise DqfError(f"reward-model: quantize = 'int8' runs on CPU only, but device "
+                           f"{self.placement()[0].type!r} was chosen")
+        super().setup()
+
+    def loaded(self):
+        cfg = self.model.config
         archs = getattr(cfg, "architectures", None) or []
         if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
             # AutoModelForSequenceClassification would bolt a random head onto a bare encoder: scores would be noise
@@ -131,49 +104,33 @@ class RewardModelScorer(ModelMixin, Scorer):
                            f"model has exactly one (config.num_labels = 1)")
         if self.options.quantize == "int8":
             # the one-logit head stays float32: its output is the score itself
-            model = quantize_int8(model, skip=("classifier",))
-        self._max_length = self._effective_max_length(tokenizer, cfg)
-        self._tokenizer, self._model = tokenizer, model
-
-    def _effective_max_length(self, tokenizer, cfg) -> int:
-        limit = self.options.max_length
-        if 0 < (tokenizer.model_max_length or 0) < 1_000_000:  # unset limits are a huge sentinel
-            limit = min(limit, tokenizer.model_max_length)
-        # Absolute position embeddings cannot index past their table; DeBERTa-v3 (relative only) has no such limit.
-        if getattr(cfg, "position_biased_input", True) and getattr(cfg, "max_position_embeddings", None):
-            limit = min(limit, cfg.max_position_embeddings)
-        return limit
+            self.model = quantize_int8(self.model, skip=("classifier",))
 
     # -- scoring --------------------------------------------------------------------------
     def _encode(self, questions, answers) -> list[dict[str, list[int]]]:
-        tok = self._tokenizer
+        tok = self.tokenizer
         full = tok(questions, answers, truncation=False, verbose=False)
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in full]
         rows = [{k: full[k][i] for k in keys} for i in range(len(questions))]
-        long = [i for i, r in enumerate(rows) if len(r["input_ids"]) > self._max_length]
+        long = [i for i, r in enumerate(rows) if len(r["input_ids"]) > self.max_length]
         if long:
             # only the over-long pairs are tokenized twice, and counting them here is what stats() reports
             cut = tok([questions[i] for i in long], [answers[i] for i in long], truncation="longest_first",
-                      max_length=self._max_length, verbose=False)
+                      max_length=self.max_length, verbose=False)
             for j, i in enumerate(long):
                 rows[i] = {k: cut[k][j] for k in keys}
-            self._truncated += len(long)
+            self.count("truncated_rows", len(long))
         return rows
 
     def _collate(self, rows):
-        pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        return collate(rows, pad_id, side=self._tokenizer.padding_side)
+        return collate(rows, pad_token_id(self.tokenizer), side=self.tokenizer.padding_side)
 
-    def score(self, batch):
+    def score_batch(self, batch):
         import numpy as np
         import polars as pl
 
         torch = require("torch")
-        if self._model is None:
-            self.setup()
         col = self.options.column
-        if batch.height == 0:
-            return pl.DataFrame(schema={col: pl.Float64})
         questions, answers = questions_and_answers(batch)
         rows = self._encode(questions, answers)
         scores = np.empty(len(rows), dtype=np.float64)
@@ -181,7 +138,6 @@ class RewardModelScorer(ModelMixin, Scorer):
         with torch.inference_mode():
             for idx in sub_batches([len(r["input_ids"]) for r in rows], self.options.batch_size):
                 inputs = {k: v.to(device) for k, v in self._collate([rows[i] for i in idx]).items()}
-                logits = self._model(**inputs).logits
+                logits = self.model(**inputs).logits
                 scores[idx] = logits[:, 0].float().cpu().numpy()
-        self._scored += len(rows)
         return pl.DataFrame({col: scores}, schema={col: pl.Float64})

@@ -379,7 +379,7 @@ def test_a_step_that_left_many_shards_merges_them_and_reruns_still_hit(tmp_path,
 
 
 def test_compact_keeps_what_load_returns_and_leaves_unreadable_shards(tmp_path):
-    from dqf.cache import CacheEntry
+    from dqf.store.scores import CacheEntry
 
     class Plugin:
         def describe(self):

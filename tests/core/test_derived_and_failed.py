@@ -7,8 +7,8 @@ import json
 import pytest
 
 import dqf
-from dqf.readers import derive_column
-from dqf.rows import conversation
+from dqf.io.readers import derive_column
+from dqf.io.rows import conversation
 
 PLUGIN = '''
 from pathlib import Path

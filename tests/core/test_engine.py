@@ -10,7 +10,7 @@ import pytest
 
 import dqf
 from dqf import DqfError
-from dqf.rows import row_id
+from dqf.io.rows import row_id
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "recipes" / "quickstart.toml"
@@ -439,6 +439,6 @@ def test_a_null_where_predicate_is_reported_apart_from_a_false_one(write_jsonl, 
 
 
 def dqf_row_id(row):
-    from dqf.rows import canonicalize
+    from dqf.io.rows import canonicalize
 
     return canonicalize(row).id

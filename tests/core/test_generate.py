@@ -1,4 +1,4 @@
-"""dqf.generate_answers' own greedy loop: same tokens as transformers' generate, finished rows leave, groups optimal."""
+"""dqf.lm.generate_answers' own greedy loop: same tokens as transformers' generate, finished rows leave, groups optimal."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import dqf  # noqa: E402
-from dqf import generate as gen  # noqa: E402
+from dqf.lm import generate as gen  # noqa: E402
 
 POOL = Path(__file__).resolve().parents[2] / "examples" / "data" / "alpaca_2k.jsonl"
 
@@ -23,10 +23,10 @@ def prompts_for(tok, n: int, start: int = 0) -> list[list[int]]:
 
 
 def load(path, inference=False):
-    ref = dqf.resolve_model(str(path))
-    tok = dqf.load_tokenizer(ref)
+    ref = dqf.lm.resolve_model(str(path))
+    tok = dqf.lm.load_tokenizer(ref)
     gen.prepare_tokenizer(tok)
-    model = dqf.load_model(ref, "AutoModelForCausalLM", inference=inference)
+    model = dqf.lm.load_model(ref, "AutoModelForCausalLM", inference=inference)
     torch.manual_seed(0)
     with torch.no_grad():  # the random init echoes one token whatever the prompt; larger weights vary answers
         for name, p in model.named_parameters():
@@ -76,7 +76,7 @@ def test_own_loop_gives_transformers_greedy_tokens_while_rows_end_at_different_s
 
 def test_own_loop_with_onednn_linears_and_one_token_prompts(tiny_models):
     model, tok = load(tiny_models["llama"], inference=False)
-    dqf.onednn_linears(model)  # after re-drawing the weights, as the probe swaps after training
+    dqf.lm.onednn_linears(model)  # after re-drawing the weights, as the probe swaps after training
     prompts = prompts_for(tok, 5, start=20) + [[tok.bos_token_id], [tok.bos_token_id]]
     got = gen.generate_answers(model, tok, prompts, max_new_tokens=6, batch_size=7)
     want = [transformers_greedy(model, tok, p, 6)[0] for p in prompts]
@@ -88,11 +88,11 @@ def test_sliding_window_models_use_transformers_generate(tmp_path):
     from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
-    vocab = tm._vocab()
+    vocab = tm.MODELS.vocab
     cfg = MistralConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=2, num_key_value_heads=1, sliding_window=8,
                         pad_token_id=vocab.index("[PAD]"), eos_token_id=vocab.index("</s>"))
-    tm._save(MistralForCausalLM(cfg), tmp_path, tmp_path, chat=True)
+    tm.MODELS._save(MistralForCausalLM(cfg), tmp_path, chat=True)
     model, tok = load(tmp_path)
     assert not gen._plain_kv_cache(model)  # its cache forgets old tokens: the own loop would not
     prompts = prompts_for(tok, 4)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dqf import kcenter as kc
-from dqf.kcenter import kcenter_greedy, kcenter_radius
+from dqf.select import kcenter as kc
+from dqf.select.kcenter import kcenter_greedy, kcenter_radius
 
 torch = pytest.importorskip("torch")
 NO_ALREADY = np.empty(0, dtype=np.int64)

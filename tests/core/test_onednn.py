@@ -1,4 +1,4 @@
-"""dqf.onednn_linears: oneDNN Linear layers give nn.Linear's numbers, fall back when they must, and can be turned off."""
+"""dqf.lm.onednn_linears: oneDNN Linear layers give nn.Linear's numbers, fall back when they must, and can be turned off."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import dqf  # noqa: E402
-from dqf import generate as gen  # noqa: E402
-from dqf import onednn_linears  # noqa: E402
-from dqf.onednn import onednn_available  # noqa: E402
+from dqf.lm import generate as gen  # noqa: E402
+from dqf.lm import onednn_linears  # noqa: E402
+from dqf.lm.onednn import onednn_available  # noqa: E402
 
 
 def mlp(seed=0, dtype=torch.float32):
@@ -48,7 +48,7 @@ def test_packed_and_unpacked_weights_give_the_same_numbers(pack):
 
 
 def test_packs_only_when_the_copies_fit_in_a_quarter_of_available_memory(monkeypatch):
-    from dqf import onednn
+    from dqf.lm import onednn
 
     weights = 64 * 128 * 4 + 128 * 32 * 4 + 32 * 1 * 4  # the three layers' float32 weights
     monkeypatch.setattr(onednn, "available_memory", lambda: 4 * weights)
@@ -62,7 +62,7 @@ def test_packs_only_when_the_copies_fit_in_a_quarter_of_available_memory(monkeyp
 
 
 def test_available_memory_is_read():
-    from dqf.onednn import available_memory
+    from dqf.lm.onednn import available_memory
 
     free = available_memory()
     assert free is None or 0 < free < 1 << 50
@@ -103,9 +103,9 @@ def test_env_switch_turns_it_off(monkeypatch):
 
 
 def test_load_model_inference_swaps_and_keeps_a_real_models_outputs(tiny_models):
-    ref = dqf.resolve_model(str(tiny_models["bert"]))
-    plain = dqf.load_model(ref, "AutoModel")
-    fast = dqf.load_model(ref, "AutoModel", inference=True)
+    ref = dqf.lm.resolve_model(str(tiny_models["bert"]))
+    plain = dqf.lm.load_model(ref, "AutoModel")
+    fast = dqf.lm.load_model(ref, "AutoModel", inference=True)
     assert not any(type(m) is torch.nn.Linear for m in fast.modules())
     ids = torch.randint(5, 30, (3, 12))
     with torch.inference_mode():
@@ -115,12 +115,12 @@ def test_load_model_inference_swaps_and_keeps_a_real_models_outputs(tiny_models)
 
 
 def test_greedy_answers_unchanged_on_a_real_causal_lm(tiny_models, tmp_path):
-    ref = dqf.resolve_model(str(tiny_models["llama"]))
-    tok = dqf.load_tokenizer(ref)
+    ref = dqf.lm.resolve_model(str(tiny_models["llama"]))
+    tok = dqf.lm.load_tokenizer(ref)
     gen.prepare_tokenizer(tok)
     prompts = [gen.prompt_ids(tok, f"say {w} please", "", "alpaca") for w in ("one", "two three", "four five six")]
-    plain = dqf.load_model(ref, "AutoModelForCausalLM")
-    fast = dqf.load_model(ref, "AutoModelForCausalLM", inference=True)
+    plain = dqf.lm.load_model(ref, "AutoModelForCausalLM")
+    fast = dqf.lm.load_model(ref, "AutoModelForCausalLM", inference=True)
     # logits agree to rounding; greedy picks then agree unless two logits tie to ~1e-6
     ids = torch.tensor([prompts[0]])
     with torch.inference_mode():

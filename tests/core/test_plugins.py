@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 import dqf
+import dqf.registry
 from dqf import PluginError, PluginOptions, RecipeError, Scorer, Selector
 
 
@@ -84,7 +85,7 @@ class FakeHeuristic(Scorer):
     ],
 )
 def test_builtin_plugins_found_through_entry_points(name, kind, module):
-    host = dqf.build_plugin_manager()
+    host = dqf.registry.build_plugin_manager()
     info = host.get(kind, name)
     assert info.name == name
     assert info.kind == kind
@@ -97,7 +98,7 @@ def test_builtin_plugins_found_through_entry_points(name, kind, module):
 
 
 def test_names_by_kind():
-    host = dqf.build_plugin_manager()
+    host = dqf.registry.build_plugin_manager()
     assert set(host.names("selector")) >= {"threshold", "top-k", "random"}
     assert "heuristic" in host.names("scorer")
     assert "heuristic" not in host.names("selector")
@@ -105,7 +106,7 @@ def test_names_by_kind():
 
 
 def test_entry_points_can_be_turned_off():
-    host = dqf.build_plugin_manager(entry_points=False)
+    host = dqf.registry.build_plugin_manager(entry_points=False)
     assert host.names() == []
 
 
@@ -114,8 +115,8 @@ def test_each_build_is_a_fresh_host():
         name = "other-scorer"
         Options = LenOptions
 
-    a = dqf.build_plugin_manager()
-    b = dqf.build_plugin_manager(extra_plugins=[("mine", _scorer_module("mine", Other))])
+    a = dqf.registry.build_plugin_manager()
+    b = dqf.registry.build_plugin_manager(extra_plugins=[("mine", _scorer_module("mine", Other))])
     assert "other-scorer" in b.names("scorer")
     assert "other-scorer" not in a.names("scorer")
     assert a.pm is not b.pm
@@ -124,7 +125,7 @@ def test_each_build_is_a_fresh_host():
 # -- lookup errors -----------------------------------------------------------------------------
 
 def test_unknown_name_lists_available_and_closest_match():
-    host = dqf.build_plugin_manager()
+    host = dqf.registry.build_plugin_manager()
     with pytest.raises(PluginError) as info:
         host.get("scorer", "heurstic")
     msg = str(info.value)
@@ -134,7 +135,7 @@ def test_unknown_name_lists_available_and_closest_match():
 
 
 def test_unknown_selector_lists_all_selectors():
-    host = dqf.build_plugin_manager()
+    host = dqf.registry.build_plugin_manager()
     with pytest.raises(PluginError) as info:
         host.get("selector", "topk")
     msg = str(info.value)
@@ -144,7 +145,7 @@ def test_unknown_selector_lists_all_selectors():
 
 
 def test_unknown_name_without_close_match_has_no_suggestion():
-    host = dqf.build_plugin_manager()
+    host = dqf.registry.build_plugin_manager()
     with pytest.raises(PluginError) as info:
         host.get("scorer", "zzzzzzzz")
     assert "did you mean" not in str(info.value)
@@ -152,7 +153,7 @@ def test_unknown_name_without_close_match_has_no_suggestion():
 
 
 def test_wrong_kind():
-    host = dqf.build_plugin_manager()
+    host = dqf.registry.build_plugin_manager()
     with pytest.raises(PluginError) as info:
         host.get("scorer", "top-k")
     msg = str(info.value)
@@ -161,7 +162,7 @@ def test_wrong_kind():
 
 
 def test_no_plugins_of_a_kind_message():
-    host = dqf.build_plugin_manager(entry_points=False)
+    host = dqf.registry.build_plugin_manager(entry_points=False)
     assert host.names("probe") == []
     with pytest.raises(PluginError, match="available probes: none"):
         host.get("probe", "mods")
@@ -172,7 +173,7 @@ def test_no_plugins_of_a_kind_message():
 def test_same_plugin_name_from_two_providers():
     other = _scorer_module("other_scorers", FakeHeuristic)
     with pytest.raises(PluginError) as info:
-        dqf.build_plugin_manager(extra_plugins=[("other", other)])
+        dqf.registry.build_plugin_manager(extra_plugins=[("other", other)])
     msg = str(info.value)
     assert "two plugins are named 'heuristic'" in msg
     assert "HeuristicScorer from dqf 0.1.0 (dqf_contrib.heuristic)" in msg
@@ -185,12 +186,12 @@ def test_same_name_across_kinds_is_a_duplicate():
         Options = LenOptions
 
     with pytest.raises(PluginError, match="two plugins are named 'top-k'"):
-        dqf.build_plugin_manager(extra_plugins=[("x", _scorer_module("x", TopKScorer))])
+        dqf.registry.build_plugin_manager(extra_plugins=[("x", _scorer_module("x", TopKScorer))])
 
 
 def test_registering_the_same_class_twice_is_not_a_conflict():
     mod = _scorer_module("twice", FakeHeuristic, FakeHeuristic)
-    host = dqf.build_plugin_manager(entry_points=False, extra_plugins=[("twice", mod)])
+    host = dqf.registry.build_plugin_manager(entry_points=False, extra_plugins=[("twice", mod)])
     assert host.names("scorer") == ["heuristic"]
 
 
@@ -202,7 +203,7 @@ def test_two_distributions_with_same_entry_point_name(fake_dist):
         "raise RuntimeError('a conflicting plugin must not even be imported')\n",
     )
     with pytest.raises(PluginError) as info:
-        dqf.build_plugin_manager()
+        dqf.registry.build_plugin_manager()
     msg = str(info.value)
     assert "two installed distributions provide the dqf entry point 'heuristic'" in msg
     assert "dqf (dqf_contrib.heuristic)" in msg
@@ -260,7 +261,7 @@ def test_third_party_distribution_is_discovered(fake_dist):
         """,
         version="2.5",
     )
-    host = dqf.build_plugin_manager()
+    host = dqf.registry.build_plugin_manager()
     info = host.get("scorer", "acme-len")
     assert info.cls.__name__ == "AcmeScorer"
     assert info.provider.distribution == "acme-dqf-scorers"
@@ -270,7 +271,7 @@ def test_third_party_distribution_is_discovered(fake_dist):
     assert host.get("scorer", "heuristic").provider.distribution == "dqf"
     assert host.get("selector", "top-k").provider.distribution == "dqf"
 
-    from dqf.plugins import describe_plugins
+    from dqf.registry import describe_plugins
 
     row = next(d for d in describe_plugins(host) if d["name"] == "acme-len")
     assert row["distribution"] == "acme-dqf-scorers"
@@ -284,7 +285,7 @@ def test_third_party_distribution_is_discovered(fake_dist):
 def test_broken_third_party_distribution_names_itself(fake_dist):
     fake_dist("broken-dist", "broken_plugin", {"broken": "broken_plugin"}, "import not_a_real_module_xyz\n")
     with pytest.raises(PluginError) as info:
-        dqf.build_plugin_manager()
+        dqf.registry.build_plugin_manager()
     msg = str(info.value)
     assert "plugin 'broken' from broken-dist failed to import (broken_plugin)" in msg
     assert "not_a_real_module_xyz" in msg
@@ -299,7 +300,7 @@ def test_misspelled_hook_name_fails_loudly():
 
     mod = _scorer_module("typo_mod", Good, hook_name="dqf_register_scorer")
     with pytest.raises(PluginError) as info:
-        dqf.build_plugin_manager(extra_plugins=[("typo", mod)])
+        dqf.registry.build_plugin_manager(extra_plugins=[("typo", mod)])
     msg = str(info.value)
     assert "matches no dqf hook" in msg
     assert "dqf_register_scorer" in msg
@@ -311,7 +312,7 @@ def test_registering_a_non_scorer_is_an_error():
         Options = LenOptions
 
     with pytest.raises(PluginError, match=r"registered .*NotAScorer.* as a scorer, but it is not a dqf.Scorer subclass"):
-        dqf.build_plugin_manager(extra_plugins=[("bad", _scorer_module("bad", NotAScorer))])
+        dqf.registry.build_plugin_manager(extra_plugins=[("bad", _scorer_module("bad", NotAScorer))])
 
 
 def test_registering_a_selector_as_a_scorer_is_an_error():
@@ -320,12 +321,12 @@ def test_registering_a_selector_as_a_scorer_is_an_error():
         Options = LenOptions
 
     with pytest.raises(PluginError, match="not a dqf.Scorer subclass"):
-        dqf.build_plugin_manager(extra_plugins=[("bad", _scorer_module("bad", Sel))])
+        dqf.registry.build_plugin_manager(extra_plugins=[("bad", _scorer_module("bad", Sel))])
 
 
 def test_registering_an_instance_is_an_error():
     with pytest.raises(PluginError, match="not a dqf.Scorer subclass"):
-        dqf.build_plugin_manager(extra_plugins=[("bad", _scorer_module("bad", FakeHeuristic()))])
+        dqf.registry.build_plugin_manager(extra_plugins=[("bad", _scorer_module("bad", FakeHeuristic()))])
 
 
 def test_options_without_extra_forbid_is_an_error():
@@ -337,7 +338,7 @@ def test_options_without_extra_forbid_is_an_error():
         Options = LooseOptions
 
     with pytest.raises(PluginError) as info:
-        dqf.build_plugin_manager(extra_plugins=[("loose", _scorer_module("loose", Loose))])
+        dqf.registry.build_plugin_manager(extra_plugins=[("loose", _scorer_module("loose", Loose))])
     assert "Loose.Options must be a pydantic model with extra='forbid'" in str(info.value)
 
 
@@ -347,7 +348,7 @@ def test_options_not_a_model_is_an_error():
         Options = dict
 
     with pytest.raises(PluginError, match="extra='forbid'"):
-        dqf.build_plugin_manager(extra_plugins=[("nm", _scorer_module("nm", NoModel))])
+        dqf.registry.build_plugin_manager(extra_plugins=[("nm", _scorer_module("nm", NoModel))])
 
 
 def test_plugin_without_name_is_an_error():
@@ -355,7 +356,7 @@ def test_plugin_without_name_is_an_error():
         Options = LenOptions
 
     with pytest.raises(PluginError, match="Nameless has no `name`"):
-        dqf.build_plugin_manager(extra_plugins=[("nl", _scorer_module("nl", Nameless))])
+        dqf.registry.build_plugin_manager(extra_plugins=[("nl", _scorer_module("nl", Nameless))])
 
 
 # -- local plugin modules ----------------------------------------------------------------------
@@ -393,7 +394,7 @@ def dqf_register_scorers(register):
 def test_local_module_loads_by_path(tmp_path):
     path = tmp_path / "my_scorers.py"
     path.write_text(LOCAL_SCORERS, encoding="utf-8")
-    host = dqf.build_plugin_manager([path])
+    host = dqf.registry.build_plugin_manager([path])
     info = host.get("scorer", "word-count")
     assert info.cls.__name__ == "WordCount"
     assert info.provider.distribution == f"local file {path}"
@@ -401,20 +402,20 @@ def test_local_module_loads_by_path(tmp_path):
     # Installed plugins are still there.
     assert "heuristic" in host.names("scorer")
     # Loading the same file again (a second host) reuses the module rather than failing as a duplicate.
-    again = dqf.build_plugin_manager([str(path)])
+    again = dqf.registry.build_plugin_manager([str(path)])
     assert again.get("scorer", "word-count").cls is info.cls
 
 
 def test_local_module_missing(tmp_path):
     with pytest.raises(PluginError, match="local plugin module not found"):
-        dqf.build_plugin_manager([tmp_path / "nope.py"])
+        dqf.registry.build_plugin_manager([tmp_path / "nope.py"])
 
 
 def test_local_module_import_error_is_reported(tmp_path):
     path = tmp_path / "bad_scorers.py"
     path.write_text("1 / 0\n", encoding="utf-8")
     with pytest.raises(PluginError) as info:
-        dqf.build_plugin_manager([path])
+        dqf.registry.build_plugin_manager([path])
     assert f"local plugin module {path} failed to import: ZeroDivisionError" in str(info.value)
 
 
@@ -422,14 +423,14 @@ def test_local_module_with_misspelled_hook(tmp_path):
     path = tmp_path / "typo_scorers.py"
     path.write_text(LOCAL_SCORERS.replace("def dqf_register_scorers", "def dqf_register_scorer"), encoding="utf-8")
     with pytest.raises(PluginError, match="matches no dqf hook"):
-        dqf.build_plugin_manager([path])
+        dqf.registry.build_plugin_manager([path])
 
 
 def test_local_module_name_clash_with_installed_plugin(tmp_path):
     path = tmp_path / "clash.py"
     path.write_text(LOCAL_SCORERS.replace('name = "word-count"', 'name = "top-k"'), encoding="utf-8")
     with pytest.raises(PluginError) as info:
-        dqf.build_plugin_manager([path])
+        dqf.registry.build_plugin_manager([path])
     msg = str(info.value)
     assert "two plugins are named 'top-k'" in msg
     assert f"local file {path}" in msg

@@ -1,4 +1,4 @@
-"""dqf.quantize_int8: int8 Linear layers close to float32, rows independent of their batch, skip honoured."""
+"""dqf.lm.quantize_int8: int8 Linear layers close to float32, rows independent of their batch, skip honoured."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dqf import quantize as q  # noqa: E402
-from dqf import quantize_int8  # noqa: E402
+from dqf.lm import quantize as q  # noqa: E402
+from dqf.lm import quantize_int8  # noqa: E402
 
 
 def mlp(seed=0):

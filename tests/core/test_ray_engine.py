@@ -134,7 +134,7 @@ def test_ray_matches_local_and_shares_the_cache(ray_cluster, recipe_path, tmp_pa
 
     # Work ran on the cluster: models never loaded on the driver; actors for models, tasks for the heuristic.
     steps = {s.id: s.plugin for s in recipe.steps}
-    assert steps["reward"]._model is None
+    assert steps["reward"].model is None
     assert steps["diverse"].nested["embedder"].model is None
     engine = ray_run.manifest["engine"]
     assert engine["kind"] == "ray" and engine["read"] == {"on": "driver"}  # one input file: nothing to split
@@ -156,7 +156,7 @@ def test_ray_matches_local_and_shares_the_cache(ray_cluster, recipe_path, tmp_pa
             assert step["cache"]["computed"] == 0 and step["cache"]["hits"] == step["rows_in"], step
     assert _embedding_files(shared) == before
     steps2 = {s.id: s.plugin for s in recipe2.steps}
-    assert steps2["reward"]._model is None and steps2["diverse"].nested["embedder"].model is None
+    assert steps2["reward"].model is None and steps2["diverse"].nested["embedder"].model is None
     assert _rows(again.run_dir).drop("source").equals(rows_local.drop("source"))
 
     # And a Ray run on a warm cache sends nothing to the cluster.

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dqf import DataError
-from dqf.readers import input_files, merge_parts, read_file, read_input
+from dqf.io.readers import input_files, merge_parts, read_file, read_input
 
 
 @pytest.fixture(autouse=True)

@@ -516,12 +516,12 @@ def test_validate_does_not_need_input_file(write_recipe, tmp_path):
 def test_validate_reads_no_input_rows(write_recipe, tmp_path, monkeypatch):
     # A malformed input file would fail any attempt to read it.
     (tmp_path / "pool.jsonl").write_bytes(b"\xff\xfe this is { not json\n")
-    import dqf.readers
+    import dqf.io.readers
 
     def _forbidden(*args, **kwargs):
         raise AssertionError("validation read input rows")
 
-    monkeypatch.setattr(dqf.readers, "read_input", _forbidden)
+    monkeypatch.setattr(dqf.io.readers, "read_input", _forbidden)
     recipe = dqf.validate(write_recipe(GOOD))
     assert [s.id for s in recipe.steps] == ["quality", "top", "sample"]
 

@@ -21,8 +21,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dqf.atomic import _host, sweep_temporaries
-from dqf.embeddings import SHARD_TEXTS
+from dqf.store.atomic import _host, sweep_temporaries
+from dqf.store.embeddings import SHARD_TEXTS
 
 PLUGIN = '''
 import os
@@ -285,8 +285,8 @@ def test_sweep_removes_only_dead_writers_temporaries(tmp_path):
 
 
 def test_large_embedding_results_are_memory_mapped(tmp_path, monkeypatch):
-    import dqf.embeddings as E
-    from dqf import kcenter_greedy
+    import dqf.store.embeddings as E
+    from dqf.select import kcenter_greedy
 
     class Emb:
         name, batch_size = "toy", 3

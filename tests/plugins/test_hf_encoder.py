@@ -12,6 +12,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import dqf
+import dqf.registry
+import dqf.lm
 
 POOL = Path(__file__).resolve().parents[2] / "examples" / "data" / "alpaca_2k.jsonl"
 
@@ -27,7 +29,7 @@ TEXTS = [r["instruction"] for r in pool_rows(12)] + [pool_rows(1, 20)[0]["output
 
 @pytest.fixture(scope="module")
 def Encoder():
-    info = dqf.build_plugin_manager().get("embedder", "hf-encoder")
+    info = dqf.registry.build_plugin_manager().get("embedder", "hf-encoder")
     assert info.provider.distribution == "dqf"
     return info.cls
 
@@ -121,7 +123,7 @@ def test_requires_and_identity(Encoder, bert, tiny_models):
     assert Encoder(Encoder.Options(model=str(bert[0]), field="prompt")).requires() == set()
     assert Encoder(Encoder.Options(model=str(bert[0]), field="category")).requires() == {"category"}
     a = Encoder(Encoder.Options(model=str(bert[0])))
-    assert a.identity() == {"model": dqf.resolve_model(str(bert[0])).identity, "dtype": "float32"}  # no device: CPU and GPU share vectors
+    assert a.identity() == {"model": dqf.lm.resolve_model(str(bert[0])).identity, "dtype": "float32"}  # no device: CPU and GPU share vectors
     # batch size only changes speed: same cache key; anything that changes the vectors does not
     assert Encoder(Encoder.Options(model=str(bert[0]), batch_size=7)).cache_key() == a.cache_key()
     assert Encoder(Encoder.Options(model=str(bert[0]), pooling="mean")).cache_key() != a.cache_key()
@@ -168,7 +170,7 @@ def test_embeddings_are_cached_across_runs(tmp_path, write_recipe, write_jsonl, 
     assert len(picked[0]) == 5 and picked[0] == picked[1] == picked[2]
     rec = r1.manifest["plugins"][0]
     assert rec["nested"]["embedder"]["plugin"] == "hf-encoder"
-    assert rec["nested"]["embedder"]["identity"]["model"] == dqf.resolve_model(str(bert[0])).identity
+    assert rec["nested"]["embedder"]["identity"]["model"] == dqf.lm.resolve_model(str(bert[0])).identity
 
 
 def test_minilm_paraphrases_are_closer_than_unrelated(Encoder):

@@ -1,4 +1,4 @@
-"""`kcenter` selector in real recipes: same picks as dqf.kcenter_greedy, continuing from a seed step, validation."""
+"""`kcenter` selector in real recipes: same picks as dqf.select.kcenter_greedy, continuing from a seed step, validation."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import polars as pl
 import pytest
 
 import dqf
-from dqf.embeddings import EmbeddingStore
-from dqf.rows import row_id
+import dqf.select
+import dqf.registry
+from dqf.store import Store
+from dqf.io.rows import row_id
 
 POOL = Path(__file__).resolve().parents[2] / "examples" / "data" / "alpaca_2k.jsonl"
 N = 60
@@ -19,7 +21,7 @@ N = 60
 
 @pytest.fixture(scope="module")
 def host():
-    return dqf.build_plugin_manager()
+    return dqf.registry.build_plugin_manager()
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def cached_vectors(host, model, texts, cache):
     """The vectors the run cached for ``texts``; asserts nothing had to be computed again."""
     info = host.get("embedder", "hf-encoder")
     emb = info.cls(info.cls.Options(model=str(model)))
-    store = EmbeddingStore(cache)
+    store = Store(cache).embeddings
     before = set(store.directory(emb).glob("*"))
     X = store.embed(emb, texts)
     assert before and set(store.directory(emb).glob("*")) == before
@@ -67,7 +69,7 @@ def test_picks_equal_kcenter_greedy(write_recipe, pool, tiny_models, host, isola
     res = dqf.run(write_recipe(recipe(tiny_models["bert"], steps, seed=5)))
     ids = ordered_ids(res)
     X = cached_vectors(host, tiny_models["bert"], [r["instruction"] for r in pool], isolated_cache)
-    want = dqf.kcenter_greedy(X, 7, first=first_by_seed(ids, 5))
+    want = dqf.select.kcenter_greedy(X, 7, first=first_by_seed(ids, 5))
     assert picked(res, "div") == {ids[i] for i in want}
     assert set(res.selected["id"]) == {ids[i] for i in want}
     dropped = res.rows.filter(~pl.col("selected"))
@@ -81,7 +83,7 @@ def test_first_option_and_seed(write_recipe, pool, tiny_models, host, isolated_c
     ids = [row_id([r["instruction"], r["input"], r["output"]]) for r in pool]
     res = dqf.run(write_recipe(recipe(tiny_models["bert"], steps.replace("FIRST", ids[17]), out="o2"), "r2.toml"))
     X = cached_vectors(host, tiny_models["bert"], [r["instruction"] for r in pool], isolated_cache)
-    want = dqf.kcenter_greedy(X, 6, first=17)
+    want = dqf.select.kcenter_greedy(X, 6, first=17)
     assert want[0] == 17 and picked(res, "div") == {ids[i] for i in want}
     # the recipe seed draws the first centre; a different seed gives (here) a different set
     sets = []
@@ -89,7 +91,7 @@ def test_first_option_and_seed(write_recipe, pool, tiny_models, host, isolated_c
         r = dqf.run(write_recipe(recipe(tiny_models["bert"], steps.replace(', first = "FIRST"', ""), seed=seed,
                                         out=f"s{seed}"), f"s{seed}.toml"))
         sets.append(picked(r, "div"))
-        assert sets[-1] == {ids[i] for i in dqf.kcenter_greedy(X, 6, first=first_by_seed(ids, seed))}
+        assert sets[-1] == {ids[i] for i in dqf.select.kcenter_greedy(X, 6, first=first_by_seed(ids, seed))}
     assert sets[0] != sets[1]
     with pytest.raises(dqf.DqfError, match="not a row id"):
         dqf.run(write_recipe(recipe(tiny_models["bert"], steps.replace("FIRST", "nope"), out="o3"), "r3.toml"))
@@ -131,7 +133,7 @@ def test_start_from_continues_from_the_seed_centres(write_recipe, pool, tiny_mod
     assert set(res.selected["id"]) == seed_ids | more_ids
     X = cached_vectors(host, tiny_models["bert"], [r["instruction"] for r in pool], isolated_cache)
     seed_pos = [ids.index(i) for i in seed_ids]
-    want = dqf.kcenter_greedy(X, 6, already_selected=seed_pos)
+    want = dqf.select.kcenter_greedy(X, 6, already_selected=seed_pos)
     assert more_ids == {ids[i] for i in want}
     more = res.manifest["steps"][1]
     assert more["stats"] == {"candidates": N, "start_centres": 4, "picked": 6}
@@ -149,7 +151,7 @@ def test_start_rows_outside_the_candidates_are_centres_too(write_recipe, pool, t
     seed_ids = sorted(picked(res, "seed"), key=ids.index)
     assert seed_ids and set(seed_ids) <= has_input
     X = cached_vectors(host, tiny_models["bert"], [texts[i] for i in cand + seed_ids], isolated_cache)
-    want = dqf.kcenter_greedy(X, 6, already_selected=range(len(cand), len(cand) + len(seed_ids)))
+    want = dqf.select.kcenter_greedy(X, 6, already_selected=range(len(cand), len(cand) + len(seed_ids)))
     assert picked(res, "more") == {cand[i] for i in want}
     assert res.manifest["steps"][1]["stats"] == {"candidates": len(cand), "start_centres": 4, "picked": 6}
 
@@ -167,13 +169,13 @@ def test_plain_kcenter_like_the_reference_scripts(write_recipe, pool, tiny_model
     cand = [i for i in ids if i not in seed_ids]
     X = cached_vectors(host, tiny_models["bert"], [r["instruction"] for i, r in zip(ids, pool) if i not in seed_ids],
                        isolated_cache)
-    want = dqf.kcenter_greedy(X, 6, first=first_by_seed(cand, 0))
+    want = dqf.select.kcenter_greedy(X, 6, first=first_by_seed(cand, 0))
     assert more == {cand[i] for i in want}
     # exclude_start = false: every row is a candidate, as in the reference scripts
     both = dqf.run(write_recipe(seeded(bert, opts=", continue_from_centres = false, exclude_start = false", out="b"),
                                 "b.toml"))
     X_all = cached_vectors(host, tiny_models["bert"], [r["instruction"] for r in pool], isolated_cache)
-    assert picked(both, "more") == {ids[i] for i in dqf.kcenter_greedy(X_all, 6, first=first_by_seed(ids, 0))}
+    assert picked(both, "more") == {ids[i] for i in dqf.select.kcenter_greedy(X_all, 6, first=first_by_seed(ids, 0))}
 
 
 def test_depends_on_orders_steps(write_recipe, pool, tiny_models):

@@ -9,9 +9,11 @@ import polars as pl
 import pytest
 
 import dqf
+import dqf.registry
+import dqf.lm
 from dqf import DqfError, RecipeError
-from dqf import finetune as ft
-from dqf import generate as gen
+from dqf.lm import finetune as ft
+from dqf.lm import generate as gen
 
 POOL = Path(__file__).resolve().parents[2] / "examples" / "data" / "alpaca_2k.jsonl"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -28,10 +30,10 @@ def llama(tiny_models):
 
 
 def load(path: str, **kw):
-    ref = dqf.resolve_model(path)
-    tok = dqf.load_tokenizer(ref)
+    ref = dqf.lm.resolve_model(path)
+    tok = dqf.lm.load_tokenizer(ref)
     gen.prepare_tokenizer(tok)
-    return dqf.load_model(ref, "AutoModelForCausalLM", **kw), tok
+    return dqf.lm.load_model(ref, "AutoModelForCausalLM", **kw), tok
 
 
 def examples(tok, rows, template="alpaca", max_length=128):
@@ -108,7 +110,7 @@ def test_full_finetune_lowers_seed_loss_and_saved_weights_reproduce_it(llama, tm
     assert result.steps == 4  # 4 micro-batches per epoch, 2 per optimizer step, 2 epochs
     assert after < before - 0.5, (before, after)
     ft.save_trained(model, tmp_path / "full", {})
-    reloaded = dqf.load_model(dqf.resolve_model(str(tmp_path / "full")), "AutoModelForCausalLM")
+    reloaded = dqf.lm.load_model(dqf.lm.resolve_model(str(tmp_path / "full")), "AutoModelForCausalLM")
     assert ft.response_loss(reloaded, ex, tok.pad_token_id) == pytest.approx(after, abs=1e-4)
 
 
@@ -344,7 +346,7 @@ def test_finetune_false_probes_the_base_model(tmp_path, mods, llama, isolated_ca
     st = step(res.manifest, "necessity")["stats"]
     assert st["finetune"] == "off" and st["train_steps"] == 0 and st["generated_rows"] == res.rows.height
     assert artifacts(isolated_cache, "model") == []
-    assert res.manifest["plugins"][2]["identity"]["base_model"] == dqf.resolve_model(llama).identity
+    assert res.manifest["plugins"][2]["identity"]["base_model"] == dqf.lm.resolve_model(llama).identity
     base, tok = load(llama)
     selected = res.selected
     prompts = [gen.prompt_ids(tok, r["instruction"], r["input"], "alpaca") for r in selected.iter_rows(named=True)]
@@ -421,7 +423,7 @@ def test_uninstalled_base_model_package_is_a_recipe_error(mods, llama):
 
 
 def test_default_judge_is_the_reward_model_and_probe_is_registered(llama):
-    info = dqf.build_plugin_manager().get("probe", "mods-necessity")
+    info = dqf.registry.build_plugin_manager().get("probe", "mods-necessity")
     assert info.provider.distribution == "dqf"
     opts = info.cls.Options(base_model=llama, train_on="seed")
     assert opts.judge.plugin == "reward-model" and info.cls.nested_plugins == {"judge": "scorer"}

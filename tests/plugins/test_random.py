@@ -7,12 +7,13 @@ import pytest
 from pydantic import ValidationError
 
 import dqf
+import dqf.registry
 from dqf import StepContext
 
 
 @pytest.fixture(scope="module")
 def Random():
-    info = dqf.build_plugin_manager().get("selector", "random")
+    info = dqf.registry.build_plugin_manager().get("selector", "random")
     assert info.provider.distribution == "dqf"
     return info.cls
 

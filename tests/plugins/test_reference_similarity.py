@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 import dqf
+import dqf.registry
 from scorer_helpers import scorer_batch
 from dqf import row_texts
 
@@ -18,7 +19,7 @@ POOL = Path(__file__).resolve().parents[2] / "examples" / "data" / "alpaca_2k.js
 
 @pytest.fixture(scope="module")
 def host():
-    return dqf.build_plugin_manager()
+    return dqf.registry.build_plugin_manager()
 
 
 def pool_rows(n=30):

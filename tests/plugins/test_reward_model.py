@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 import dqf
+import dqf.registry
 from scorer_helpers import scorer_batch
 from dqf import DqfError, RecipeError
 
@@ -61,7 +62,7 @@ def spearman(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def RM():
-    info = dqf.build_plugin_manager().get("scorer", "reward-model")
+    info = dqf.registry.build_plugin_manager().get("scorer", "reward-model")
     assert info.provider.distribution == "dqf"
     assert info.cls.__module__ == "dqf_plugins.reward_model"
     return info.cls

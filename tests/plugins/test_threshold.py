@@ -9,12 +9,13 @@ import pytest
 from pydantic import ValidationError
 
 import dqf
+import dqf.registry
 from dqf import StepContext
 
 
 @pytest.fixture(scope="module")
 def Threshold():
-    info = dqf.build_plugin_manager().get("selector", "threshold")
+    info = dqf.registry.build_plugin_manager().get("selector", "threshold")
     assert info.provider.distribution == "dqf"
     return info.cls
 

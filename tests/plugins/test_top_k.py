@@ -7,12 +7,13 @@ import pytest
 from pydantic import ValidationError
 
 import dqf
+import dqf.registry
 from dqf import StepContext
 
 
 @pytest.fixture(scope="module")
 def TopK():
-    info = dqf.build_plugin_manager().get("selector", "top-k")
+    info = dqf.registry.build_plugin_manager().get("selector", "top-k")
     assert info.provider.distribution == "dqf"
     return info.cls
 

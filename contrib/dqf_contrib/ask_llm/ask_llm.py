@@ -10,8 +10,7 @@ from pydantic import Field, field_validator
 
 from dqf import DqfError
 
-from .._next_token import answer_token_ids, fit_prompt, next_token_logprobs
-from ..perplexity.perplexity import CausalLMOptions, CausalLMScorer
+from dqf.lm import CausalLMOptions, CausalLMScorer, answer_token_ids, fit_prompt, next_token_logprobs
 
 #: The Ask-LLM prompt of the paper; ``{example}`` is replaced by the row's text.
 ASK_LLM_PROMPT = (
@@ -66,13 +65,9 @@ class AskLlmScorer(CausalLMScorer):
 
         return {self.options.column: pl.Float64}
 
-    def stats(self):
-        return self.truncation_stats()
-
-    def setup(self):
-        super().setup()
+    def loaded(self):
         o = self.options
-        yes, no = answer_token_ids(self._tokenizer, o.yes_words), answer_token_ids(self._tokenizer, o.no_words)
+        yes, no = answer_token_ids(self.tokenizer, o.yes_words), answer_token_ids(self.tokenizer, o.no_words)
         if not yes or not no:
             raise DqfError(f"{self.name}: the tokenizer of {self.options.model!r} has no single token for any of "
                            f"{list(o.yes_words if not yes else o.no_words)} (set yes_words / no_words)")
@@ -80,23 +75,18 @@ class AskLlmScorer(CausalLMScorer):
 
     def prompt_ids(self, instruction: str, input_: str, output: str) -> list[int]:
         head, tail = self.options.prompt.split("{example}")
-        ids, truncated = fit_prompt(self._tokenizer, head, example_text(instruction, input_, output), tail,
-                                    self._max_length)
-        self._truncated += truncated
+        ids, truncated = fit_prompt(self.tokenizer, head, example_text(instruction, input_, output), tail,
+                                    self.max_length)
+        self.count("truncated_rows", int(truncated))
         return ids
 
-    def score(self, batch):
+    def score_batch(self, batch):
         import numpy as np
         import polars as pl
 
-        if self._model is None:
-            self.setup()
-        if batch.height == 0:
-            return pl.DataFrame(schema=self.columns())
         prompts = [self.prompt_ids(i or "", x or "", o or "")
                    for i, x, o in zip(batch["instruction"], batch["input"], batch["output"])]
-        lp = next_token_logprobs(self._model, self._tokenizer, prompts, self._answer_sets,
+        lp = next_token_logprobs(self.model, self.tokenizer, prompts, self._answer_sets,
                                  batch_size=self.options.batch_size, device=self.placement()[0])
         p = np.exp(lp[:, 0] - np.logaddexp(lp[:, 0], lp[:, 1]))
-        self._scored += batch.height
         return pl.DataFrame({self.options.column: p}, schema=self.columns()).fill_nan(None)

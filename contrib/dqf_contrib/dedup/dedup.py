@@ -8,7 +8,7 @@ from pydantic import Field
 
 from dqf import BASE_COLUMNS, DqfError, PluginOptions, PluginSpec, Selector
 
-from .._ann import default_embedder, greedy_diverse, order_by_score
+from dqf.select import default_embedder, greedy_diverse, order_by_score
 
 _DERIVED = ("prompt", "both")
 

@@ -6,29 +6,14 @@ from pydantic import Field
 
 from dqf import DqfError
 
-from .._next_token import next_token_logprobs
-from ..perplexity.perplexity import CausalLMOptions, CausalLMScorer
+from dqf.lm import CausalLMOptions, CausalLMScorer, next_token_logprobs, question, single_token_ids
 
 SCORE_TOKENS = ("1", "2", "3", "4", "5", "6")
 
 
 def score_token_ids(tokenizer) -> list[int]:
     """The ids of "1".."6" as tokens of their own (DEITA reads Llama's ids 29896, 29906, ...)."""
-    ids = []
-    for t in SCORE_TOKENS:
-        i = tokenizer.convert_tokens_to_ids(t)
-        if i is None or i == tokenizer.unk_token_id:
-            enc = list(tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"])
-            i = enc[-1] if enc else None
-        if i is None or i == tokenizer.unk_token_id:
-            raise DqfError(f"the tokenizer has no token for the score {t!r}")
-        ids.append(int(i))
-    return ids
-
-
-def question(instruction: str, input_: str) -> str:
-    """The user query of an alpaca row: instruction, then the input (if any) on the next line."""
-    return f"{instruction}\n{input_}" if input_ else instruction
+    return single_token_ids(tokenizer, SCORE_TOKENS)
 
 
 def turn_pairs(turns) -> list[tuple[str, str]]:
@@ -82,33 +67,30 @@ class DeitaScorer(CausalLMScorer):
     def requires(self):
         return {"turns"}
 
+    counters = ("rows_scored", "turns_scored", "multi_turn_rows", "truncated_turns")
+
     def stats(self):
-        if self._max_length is None:
-            return {}
-        st = {"rows_scored": self._scored, "turns_scored": self._turns, "multi_turn_rows": self._multi,
-              "truncated_turns": self._truncated, "max_length": self._max_length}
-        if self._first_turn_only:
-            st["first_turn_only_rows"] = self._first_turn_only
+        st = super().stats()
+        if not st.get("first_turn_only_rows"):
+            st.pop("first_turn_only_rows", None)
         return st
 
-    def setup(self):
-        super().setup()
-        self._digits = score_token_ids(self._tokenizer)
-
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._turns = self._multi = self._first_turn_only = 0
+    def loaded(self):
+        try:
+            self._digits = score_token_ids(self.tokenizer)
+        except DqfError as exc:
+            raise DqfError(f"{self.name}: {exc}") from None
 
     def _enc(self, text: str, special: bool) -> list[int]:
-        return list(self._tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
+        return list(self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
 
     def fit(self, template: str, values: dict[str, str], cut_order: tuple[str, ...]) -> list[int]:
         """Ids of ``template.format(**values)``; when too long, the fields in ``cut_order`` lose their ends in turn."""
         ids = self._enc(template.format(**values), True)
-        limit = self._max_length
+        limit = self.max_length
         if len(ids) <= limit:
             return ids
-        self._truncated += 1
+        self.count("truncated_turns")
         # tokenize the fixed pieces and the fields apart, then trim fields until it fits
         pieces, rest = [], template
         for name in values:
@@ -139,7 +121,7 @@ class DeitaScorer(CausalLMScorer):
                      for i, x, o in zip(batch["instruction"], batch["input"], batch["output"])]
         if "turns" not in batch.columns:
             if "n_turns" in batch.columns:
-                self._first_turn_only += int((batch["n_turns"].fill_null(1) > 1).sum())
+                self.count("first_turn_only_rows", int((batch["n_turns"].fill_null(1) > 1).sum()))
             return [[c] for c in canonical]
         out = []
         for turns, c in zip(batch["turns"].to_list(), canonical):
@@ -147,17 +129,13 @@ class DeitaScorer(CausalLMScorer):
             out.append(pairs or [c])  # no record (a frame built by a plugin): its canonical view
         return out
 
-    def score(self, batch):
+    def score_batch(self, batch):
         import numpy as np
         import polars as pl
 
-        if self._model is None:
-            self.setup()
-        if batch.height == 0:
-            return pl.DataFrame(schema=self.columns())
         rows = self.row_pairs(batch)
         prompts = [self.prompt_ids(q, r) for pairs in rows for q, r in pairs]
-        lp = next_token_logprobs(self._model, self._tokenizer, prompts, [[d] for d in self._digits],
+        lp = next_token_logprobs(self.model, self.tokenizer, prompts, [[d] for d in self._digits],
                                  batch_size=self.options.batch_size, device=self.placement()[0])
         w = np.exp(lp - lp.max(axis=1, keepdims=True))
         w /= w.sum(axis=1, keepdims=True)
@@ -167,7 +145,6 @@ class DeitaScorer(CausalLMScorer):
             per_turn.append(flat[pos:pos + len(pairs)])
             pos += len(pairs)
         means = [None if any(v is None for v in t) else sum(t) / len(t) for t in per_turn]
-        self._scored += batch.height
-        self._turns += len(prompts)
-        self._multi += sum(1 for t in per_turn if len(t) > 1)
+        self.count("turns_scored", len(prompts))
+        self.count("multi_turn_rows", sum(1 for t in per_turn if len(t) > 1))
         return pl.DataFrame({self.column: means, f"{self.column}_turns": per_turn}, schema=self.columns())

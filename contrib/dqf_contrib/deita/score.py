@@ -54,6 +54,6 @@ class DeitaScoreScorer(Scorer):
         c, q = self._inputs()
         values = [evol_score(a, b) for a, b in zip(batch[c].to_list(), batch[q].to_list())]
         missing = sum(v is None for v in values)
-        self._stats["rows_scored"] = self._stats.get("rows_scored", 0) + batch.height
+        self.count("rows_scored", batch.height)
         self._stats["null_scores"] = self._stats.get("null_scores", 0) + missing
         return pl.DataFrame({self.options.column: values}, schema=self.columns())

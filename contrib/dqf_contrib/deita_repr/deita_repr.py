@@ -6,7 +6,7 @@ from pydantic import Field
 
 from dqf import BudgetOptions, PluginSpec, Selector
 
-from .._ann import default_embedder, greedy_diverse, order_by_score
+from dqf.select import default_embedder, greedy_diverse, order_by_score
 
 
 class DeitaReprOptions(BudgetOptions):

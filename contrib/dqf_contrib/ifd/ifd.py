@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..perplexity.perplexity import CausalLMOptions, CausalLMScorer, alpaca_prompt, encode, plain_prompt
+from dqf.lm import CausalLMOptions, CausalLMScorer, alpaca_prompt, encode, plain_prompt
 
 #: What Cherry LLM's answer-only pass is conditioned on.
 CHERRY_DIRECT_PREFIX = "### Response:"
@@ -35,22 +35,13 @@ class IfdScorer(CausalLMScorer):
     version = "1"
     Options = IfdOptions
 
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._ge_1 = 0
-        self._null = 0
+    counters = ("rows_scored", "too_long_rows", "ifd_ge_1_rows", "null_rows")
 
     def columns(self):
         import polars as pl
 
         return {"ifd": pl.Float64, "ifd_cond_loss": pl.Float64, "ifd_direct_loss": pl.Float64,
                 "ifd_too_long": pl.Boolean, "ifd_ge_1": pl.Boolean}
-
-    def stats(self):
-        if self._max_length is None:
-            return {}
-        return {"rows_scored": self._scored, "too_long_rows": self._truncated, "ifd_ge_1_rows": self._ge_1,
-                "null_rows": self._null, "max_length": self._max_length}
 
     def prompts_for(self, instruction: str, input_: str) -> tuple[str, str | None]:
         """(conditioned prompt text, answer-only prefix text or None for no prefix at all)."""
@@ -60,25 +51,21 @@ class IfdScorer(CausalLMScorer):
 
     def encode_row(self, instruction: str, input_: str, output: str):
         """(conditioned prompt ids, direct prompt ids, answer ids, too long) of one row."""
-        tok = self._tokenizer
+        tok = self.tokenizer
         cond_text, direct_text = self.prompts_for(instruction, input_)
         cond = encode(tok, cond_text, special=True)
         # no prefix: only what the tokenizer itself puts before any text (a BOS for Llama, nothing for GPT-2)
         direct = encode(tok, direct_text if direct_text is not None else "", special=True)
         answer = encode(tok, output, special=False)
-        too_long = len(cond) + len(answer) > self._max_length
+        too_long = len(cond) + len(answer) > self.max_length
         if too_long:
-            answer = answer[:max(self._max_length - len(cond), 0)]
+            answer = answer[:max(self.max_length - len(cond), 0)]
         return cond, direct, answer, too_long
 
-    def score(self, batch):
+    def score_batch(self, batch):
         import numpy as np
         import polars as pl
 
-        if self._model is None:
-            self.setup()
-        if batch.height == 0:
-            return pl.DataFrame(schema=self.columns())
         conds, directs, answers, flags = [], [], [], []
         for ins, inp, out in zip(batch["instruction"], batch["input"], batch["output"]):
             c, d, a, f = self.encode_row(ins or "", inp or "", out or "")
@@ -87,7 +74,7 @@ class IfdScorer(CausalLMScorer):
             answers.append(a)
             flags.append(f)
         n = batch.height
-        losses = self._losses(conds + directs, answers + answers)  # both passes share the length sort
+        losses = self.losses(conds + directs, answers + answers)  # both passes share the length sort
         cond, direct = losses[:n], losses[n:]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             if self.options.variant == "cherry":
@@ -99,8 +86,7 @@ class IfdScorer(CausalLMScorer):
                              schema={"ifd": pl.Float64, "ifd_cond_loss": pl.Float64, "ifd_direct_loss": pl.Float64})
         frame = frame.fill_nan(None).with_columns(ifd_too_long=pl.Series(flags, dtype=pl.Boolean),
                                                   ifd_ge_1=pl.col("ifd") >= 1.0)
-        self._scored += n
-        self._truncated += sum(flags)
-        self._ge_1 += int(frame["ifd_ge_1"].sum() or 0)
-        self._null += int(frame["ifd"].null_count())
+        self.count("too_long_rows", sum(flags))
+        self.count("ifd_ge_1_rows", int(frame["ifd_ge_1"].sum() or 0))
+        self.count("null_rows", int(frame["ifd"].null_count()))
         return frame

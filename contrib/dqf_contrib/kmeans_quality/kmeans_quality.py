@@ -14,7 +14,7 @@ from pydantic import Field
 
 from dqf import BudgetOptions, PluginSpec, Selector
 
-from .._ann import default_embedder
+from dqf.select import default_embedder
 
 
 class KmeansQualityOptions(BudgetOptions):

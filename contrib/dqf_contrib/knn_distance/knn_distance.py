@@ -8,7 +8,7 @@ from pydantic import Field
 
 from dqf import PluginOptions, PluginSpec, Probe
 
-from .._ann import default_embedder, knn_search
+from dqf.select import default_embedder, knn_search
 
 
 class KnnDistanceOptions(PluginOptions):

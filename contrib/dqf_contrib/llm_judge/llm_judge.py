@@ -18,8 +18,8 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from dqf import (FAILED_COLUMN, DqfError, ModelMixin, PluginOptions, Scorer, collate, length_batches, load_model,
-                 load_tokenizer)
+from dqf import FAILED_COLUMN, DqfError, PluginOptions, Scorer
+from dqf.lm import ModelMixin, collate, effective_max_length, length_batches, pad_token_id, single_token_ids
 
 #: AlpaGasus (Chen et al., 2024, "AlpaGasus: Training a Better Alpaca with Fewer Data", Fig. 3): system prompt.
 ALPAGASUS_SYSTEM = ("We would like to request your feedback on the performance of AI assistant in response to the "
@@ -174,8 +174,8 @@ class LlmJudgeScorer(ModelMixin, Scorer):
 
         return {"llm_judge": pl.Float64, "llm_judge_reason": pl.String}
 
-    def _count(self, key: str, n: int = 1):
-        with self._lock:
+    def count(self, key: str, n: int = 1):
+        with self._lock:  # openai requests finish on several threads
             self._stats[key] = self._stats.get(key, 0) + n
 
     # -- identity --------------------------------------------------------------------------
@@ -210,8 +210,8 @@ class LlmJudgeScorer(ModelMixin, Scorer):
             if self._model is None:
                 self.setup()
             results = self._score_hf(prompts)
-        self._count("rows_scored", len(results))
-        self._count("null_scores", sum(1 for s, _ in results if s is None))
+        self.count("rows_scored", len(results))
+        self.count("null_scores", sum(1 for s, _ in results if s is None))
         out = pl.DataFrame({"llm_judge": [s for s, _ in results], "llm_judge_reason": [r for _, r in results]},
                            schema=self.columns())
         if failed is not None:  # requests that ran out of retries: not cached, so a rerun asks again
@@ -220,23 +220,12 @@ class LlmJudgeScorer(ModelMixin, Scorer):
 
     # -- hf backend ------------------------------------------------------------------------
     def _setup_hf(self):
-        ref = self.model_ref()
-        device, dtype = self.placement()
+        tok, model = self.load_pretrained("AutoModelForCausalLM")
         try:
-            tok = load_tokenizer(ref)
-            model = load_model(ref, "AutoModelForCausalLM", device=device, dtype=dtype, inference=True)
+            ids = single_token_ids(tok, DIGITS)
         except DqfError as exc:
-            raise DqfError(f"{self.name}: {exc}") from None
-        ids = []
-        for d in DIGITS:
-            enc = tok(d, add_special_tokens=False)["input_ids"]
-            tid = tok.convert_tokens_to_ids(d)
-            if tid is None or tid == tok.unk_token_id:
-                tid = enc[-1] if len(enc) >= 1 and tok.decode(enc[-1:]).strip() == d else None
-            if tid is None:
-                raise DqfError(f"{self.name}: the tokenizer of {self.options.model!r} has no single token for the "
-                               f"digit {d!r}; use mode = 'generate'")
-            ids.append(int(tid))
+            raise DqfError(f"{self.name}: {exc} (the tokenizer of {self.options.model!r}); use mode = 'generate'"
+                           ) from None
         self._tokenizer, self._model, self._digit_ids = tok, model, ids
         self._stats.update(truncated_rows=0)
 
@@ -252,11 +241,8 @@ class LlmJudgeScorer(ModelMixin, Scorer):
         return list(tok(text, add_special_tokens=True)["input_ids"])
 
     def _limit(self) -> int:
-        limit = self.options.max_length
-        n_pos = getattr(self._model.config, "max_position_embeddings", None)
-        if n_pos:
-            limit = min(limit, int(n_pos) - (self.options.max_new_tokens if self.mode == "generate" else 0))
-        return max(limit, 2)
+        reserve = self.options.max_new_tokens if self.mode == "generate" else 0
+        return max(effective_max_length(self.options.max_length, self._model.config, reserve=reserve), 2)
 
     def _score_hf(self, prompts):
         import torch
@@ -266,13 +252,13 @@ class LlmJudgeScorer(ModelMixin, Scorer):
         for p in prompts:
             ids = self.encode_prompt(p)
             if len(ids) > limit:  # keep the head (system, instruction) and the tail (the rating request)
-                self._count("truncated_rows")
+                self.count("truncated_rows")
                 head = limit // 2
                 ids = ids[:head] + ids[len(ids) - (limit - head):]
             encoded.append(ids)
         tok, model = self._tokenizer, self._model
         device = self.placement()[0]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        pad = pad_token_id(tok)
         out: list = [None] * len(prompts)
         for group in length_batches([len(e) for e in encoded], self.options.batch_size, descending=True):
             batch = collate([{"input_ids": encoded[i]} for i in group], pad, side="left")
@@ -338,15 +324,15 @@ class LlmJudgeScorer(ModelMixin, Scorer):
         wait = None  # what the server's Retry-After asked for, if it did
         for attempt in range(o.max_retries + 1):
             if attempt:
-                self._count("retries")
+                self.count("retries")
                 if wait is not None:
                     delay = min(wait, o.max_retry_after)
-                    self._count("retry_after_waits")
+                    self.count("retry_after_waits")
                 else:
                     delay = min(60.0, o.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
                 time.sleep(delay)
             wait = None
-            self._count("requests")
+            self.count("requests")
             req = urllib.request.Request(url, data=body, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(req, timeout=o.timeout) as resp:

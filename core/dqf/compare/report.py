@@ -5,8 +5,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from . import svg
-from .table import fmt
+from dqf.compare import svg
+from dqf.compare.table import fmt
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1200px; }

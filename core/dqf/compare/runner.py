@@ -11,18 +11,18 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import __version__
-from ..atomic import atomic_open
-from ..errors import DqfError
-from ..progress import Reporter, Timer
-from ..readers import display_path
-from . import measures
-from .baselines import baselines as make_baselines
-from .coverage import EXACT_MAX_PAIRS, coverage
-from .embed import DEFAULT_EMBEDDER, build_embedder, embed_pool
-from .labels import read_labels
-from .pool import load_pool, mix_fields, score_columns
-from .strategies import Strategy, attach_masks, load_strategies
+from dqf._version import __version__
+from dqf.store.atomic import atomic_open
+from dqf.errors import DqfError
+from dqf.engine.progress import Reporter, Timer
+from dqf.io.readers import display_path
+from dqf.compare import measures
+from dqf.compare.baselines import baselines as make_baselines
+from dqf.compare.coverage import EXACT_MAX_PAIRS, coverage
+from dqf.compare.embed import DEFAULT_EMBEDDER, build_embedder, embed_pool
+from dqf.compare.labels import read_labels
+from dqf.compare.pool import load_pool, mix_fields, score_columns
+from dqf.compare.strategies import Strategy, attach_masks, load_strategies
 
 #: Held-out rows drawn from the pool for --finetune when no --heldout file is given.
 HELDOUT_ROWS = 64
@@ -53,8 +53,8 @@ def compare(args: Iterable[str | Path], *, out: str | Path = "runs/compare", bas
     or ``False`` for no coverage numbers. ``finetune_options`` go to
     :func:`dqf.compare.finetune.finetune_eval` (the seed and cache settings are added).
     """
-    from .. import build_plugin_manager
-    from ..cache import ScoreCache
+    from dqf.registry import build_plugin_manager
+    from dqf.store import Store
 
     reporter = reporter or Reporter()
     out = Path(out)
@@ -78,7 +78,7 @@ def compare(args: Iterable[str | Path], *, out: str | Path = "runs/compare", bas
     timings["pool"] = t.seconds
 
     host = host or build_plugin_manager()
-    cache_root = ScoreCache(cache_dir).root
+    cache_root = Store(cache_dir).root
     embedder_info, coverage_info = None, None
     if embedder is not False:  # False: no embedder, so no coverage section (nothing to load or embed)
         t = Timer()
@@ -141,7 +141,7 @@ def compare(args: Iterable[str | Path], *, out: str | Path = "runs/compare", bas
 
 def write_outputs(data: dict, out: Path) -> CompareResult:
     """compare.json and report.html from ``data``, each written atomically."""
-    from .report import render_html
+    from dqf.compare.report import render_html
 
     data = _jsonable(data)
     json_path, report_path = out / "compare.json", out / "report.html"
@@ -169,13 +169,9 @@ def _jsonable(x):
 
 
 def _load_tokenizer(spec: str):
-    from ..models import load_tokenizer, recipe_dir, resolve_model
+    from dqf.lm import load_tokenizer, resolve_model
 
-    token = recipe_dir.set(Path.cwd())
-    try:
-        return load_tokenizer(resolve_model(spec))
-    finally:
-        recipe_dir.reset(token)
+    return load_tokenizer(resolve_model(spec, Path.cwd()))  # relative to where dqf runs
 
 
 def _finetune(strategies: list[Strategy], pool, host, options: dict, heldout, seed: int, reporter: Reporter) -> dict:
@@ -183,12 +179,12 @@ def _finetune(strategies: list[Strategy], pool, host, options: dict, heldout, se
     import polars as pl
 
     try:
-        from .finetune import finetune_eval
+        from dqf.compare.finetune import finetune_eval
     except ImportError as exc:
         raise DqfError(f"dqf compare --finetune: the fine-tune evaluation could not be imported ({exc})") from None
     cols = ["instruction", "input", "output"]
     if heldout is not None:
-        from ..readers import read_input
+        from dqf.io.readers import read_input
 
         held = read_input(Path(heldout), on_bad_row="quarantine").frame.select("id", *cols)
         source = display_path(Path(heldout))

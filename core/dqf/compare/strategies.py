@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DqfError
-from ..readers import display_path
+from dqf.errors import DqfError
+from dqf.io.readers import display_path
 
 if TYPE_CHECKING:
     import numpy as np
     import polars as pl
 
-    from ..progress import Reporter
+    from dqf.engine.progress import Reporter
 
 
 @dataclass
@@ -78,8 +78,8 @@ def load_strategies(args: list[str | Path], *, out: Path, cache_dir: Path | None
     A recipe is run through the normal engine into ``<out>/runs/<recipe stem>``, with the default
     score and embedding cache (or ``cache_dir``), so stages several recipes share are computed once.
     """
-    from .. import load_recipe
-    from ..engine import run_recipe
+    from dqf import load_recipe
+    from dqf.engine import run_recipe
 
     taken: set[str] = set()
     strategies = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Sequence
 
-from .table import fmt
+from dqf.compare.table import fmt
 
 # Tableau 10: distinguishable, and readable by most colour-blind viewers.
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",

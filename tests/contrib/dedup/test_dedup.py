@@ -10,8 +10,9 @@ import polars as pl
 import pytest
 
 import dqf
-from dqf.embeddings import EmbeddingStore
-from dqf_contrib._ann import default_embedder, greedy_diverse
+import dqf.registry
+from dqf.store import Store
+from dqf.select import default_embedder, greedy_diverse
 from dqf_contrib.dedup.dedup import normalise
 
 
@@ -79,10 +80,10 @@ def test_near_duplicates_match_naive(write_jsonl, write_recipe, isolated_cache):
     rows += [dict(r, instruction=r["instruction"].rstrip(".?!") + " please", output=r["output"] + " More words here.")
              for r in rows[:8]]
     write_jsonl(rows)
-    info = dqf.build_plugin_manager().get("embedder", "hf-encoder")
+    info = dqf.registry.build_plugin_manager().get("embedder", "hf-encoder")
     emb = info.cls(info.cls.Options(**default_embedder().plugin_options()))
     texts = [r["instruction"] for r in rows]
-    X = EmbeddingStore(isolated_cache).embed(emb, texts).astype(np.float64)
+    X = Store(isolated_cache).embeddings.embed(emb, texts).astype(np.float64)
     U = X / np.linalg.norm(X, axis=1, keepdims=True)
     sims = np.sort((U @ U.T)[np.triu_indices(len(rows), 1)])
     # the threshold sits in the widest gap among the top similarities, so float32 rounding cannot move a pair

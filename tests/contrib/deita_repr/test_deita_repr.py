@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import dqf
-from dqf.embeddings import EmbeddingStore
-from dqf_contrib._ann import default_embedder, greedy_diverse
+import dqf.registry
+from dqf.store import Store
+from dqf.select import default_embedder, greedy_diverse
 
 POOL = Path(__file__).resolve().parents[3] / "examples" / "data" / "alpaca_2k.jsonl"
 
@@ -50,10 +51,10 @@ def test_end_to_end_equals_naive(write_jsonl, write_recipe, isolated_cache):
     rows = [json.loads(line) for line in POOL.read_text(encoding="utf-8").splitlines()[:60]]
     rows += [dict(r, instruction=r["instruction"] + " Thanks!", output=r["output"] + " Indeed.") for r in rows[:10]]
     write_jsonl(rows)
-    info = dqf.build_plugin_manager().get("embedder", "hf-encoder")
+    info = dqf.registry.build_plugin_manager().get("embedder", "hf-encoder")
     emb = info.cls(info.cls.Options(**default_embedder().plugin_options()))
     texts = [r["instruction"] for r in rows]
-    X = EmbeddingStore(isolated_cache).embed(emb, texts).astype(np.float64)
+    X = Store(isolated_cache).embeddings.embed(emb, texts).astype(np.float64)
     res = dqf.run(write_recipe(recipe("k = 25, tau = 0.6")))
     words = [float(w) for w in res.rows["output_words"].to_list()]  # input order
     expected = naive_deita(X, words, 0.6, 25)

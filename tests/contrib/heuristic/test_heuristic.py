@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 import dqf
+import dqf.registry
 
 GOOD_INSTRUCTION = "Name three primary colors."
 GOOD_OUTPUT = "The three primary colors are red, blue and yellow."
@@ -14,7 +15,7 @@ GOOD_OUTPUT = "The three primary colors are red, blue and yellow."
 
 @pytest.fixture(scope="module")
 def Heuristic():
-    info = dqf.build_plugin_manager().get("scorer", "heuristic")
+    info = dqf.registry.build_plugin_manager().get("scorer", "heuristic")
     assert info.provider.distribution == "dqf"
     assert info.cls.__module__ == "dqf_contrib.heuristic.heuristic"
     return info.cls

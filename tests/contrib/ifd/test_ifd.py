@@ -16,7 +16,7 @@ import pytest
 import dqf
 from scorer_helpers import answer_nll, scorer_batch, short_pool_rows
 from dqf_contrib.ifd.ifd import CHERRY_DIRECT_PREFIX, IfdScorer
-from dqf_contrib.perplexity.perplexity import ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT
+from dqf.lm import ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT
 
 
 def pool_rows(example_pool, n=10, max_words=60):

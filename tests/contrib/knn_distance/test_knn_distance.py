@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import dqf
-from dqf.embeddings import EmbeddingStore
-from dqf_contrib._ann import knn_search
+import dqf.registry
+from dqf.store import Store
+from dqf.select import knn_search
 
 POOL = Path(__file__).resolve().parents[3] / "examples" / "data" / "alpaca_2k.jsonl"
 
@@ -83,8 +84,8 @@ def recipe(model, probe, where=None):
 
 
 def cached_vectors(model, texts, cache):
-    info = dqf.build_plugin_manager().get("embedder", "hf-encoder")
-    return EmbeddingStore(cache).embed(info.cls(info.cls.Options(model=str(model))), texts)
+    info = dqf.registry.build_plugin_manager().get("embedder", "hf-encoder")
+    return Store(cache).embeddings.embed(info.cls(info.cls.Options(model=str(model))), texts)
 
 
 def test_end_to_end(write_recipe, pool, tiny_models, isolated_cache):

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 import dqf
+import dqf.lm
 from scorer_helpers import answer_nll, scorer_batch, short_pool_rows
-from dqf_contrib.perplexity.perplexity import ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, PerplexityScorer
+from dqf.lm import ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT
+from dqf_contrib.perplexity.perplexity import PerplexityScorer
 
 
 def pool_rows(example_pool, n=10, max_words=60):
@@ -90,12 +92,12 @@ def test_too_long_rows_lose_the_start_of_the_prompt(llama, example_pool):
 
 def test_answer_losses_edge_cases(llama):
     _, model, tok = llama
-    got = dqf.answer_losses(model, tok, [[10, 11], [], [], [12]], [[], [13], [13, 14, 15], [16, 17]], batch_size=8,
+    got = dqf.lm.answer_losses(model, tok, [[10, 11], [], [], [12]], [[], [13], [13, 14, 15], [16, 17]], batch_size=8,
                             device=torch.device("cpu"))
     assert math.isnan(got[0]) and math.isnan(got[1])  # nothing to score: no answer, or one token with no context
     assert got[2] == pytest.approx(reference_nll(model, [], [13, 14, 15]), abs=1e-5)
     assert got[3] == pytest.approx(reference_nll(model, [12], [16, 17]), abs=1e-5)
-    assert "answer_losses" in dqf.__all__
+    assert "answer_losses" in dqf.lm.__all__
 
 
 def test_empty_batch_and_empty_output(llama):

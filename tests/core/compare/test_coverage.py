@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import dqf
+import dqf.select
 from dqf.compare.coverage import coverage, mean_pairwise, nearest_selected
 
 
@@ -32,7 +33,7 @@ def test_radius_agrees_with_kcenter_radius():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(500, 16)).astype(np.float32)
     sel = rng.choice(500, size=20, replace=False)
-    assert coverage(X, sel)["radius"] == pytest.approx(dqf.kcenter_radius(X, sel), rel=1e-9)
+    assert coverage(X, sel)["radius"] == pytest.approx(dqf.select.kcenter_radius(X, sel), rel=1e-9)
 
 
 def test_hnsw_and_exact_search_agree():

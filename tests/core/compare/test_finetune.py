@@ -11,9 +11,10 @@ import polars as pl
 import pytest
 
 import dqf
+import dqf.registry
 from dqf import DqfError
 from dqf.compare.finetune import BASE_MODEL, finetune_eval, fixed_budget
-from dqf.progress import Reporter
+from dqf.engine.progress import Reporter
 
 POOL = Path(__file__).resolve().parents[3] / "examples" / "data" / "alpaca_2k.jsonl"
 STEPS = 8
@@ -61,7 +62,7 @@ def options(models, cache: Path, **kw) -> dict:
 
 @pytest.fixture(scope="module")
 def host():
-    return dqf.build_plugin_manager()
+    return dqf.registry.build_plugin_manager()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from dqf.compare.labels import read_labels
 from dqf.compare.pool import Pool, score_columns
 from dqf.compare.strategies import Strategy
 from dqf.errors import DataError
-from dqf.rows import canonicalize
+from dqf.io.rows import canonicalize
 
 
 def make_pool(n=10):

@@ -1,4 +1,5 @@
-"""Builds the plugin manager from entry points and local modules, and looks plugins up by name."""
+"""The plugin registry: the table of plugin kinds, the plugin manager built from entry points and local modules,
+and lookup by name."""
 
 from __future__ import annotations
 
@@ -14,18 +15,36 @@ from typing import Any, Iterable
 import pluggy
 from pydantic import BaseModel
 
-from . import hookspecs
-from .errors import PluginError
-from .plugin import Embedder, Plugin, Probe, Scorer, Selector
+from dqf import hookspecs
+from dqf.errors import PluginError
+from dqf.plugin import Embedder, Plugin, Probe, Scorer, Selector
 
 ENTRY_POINT_GROUP = "dqf"
-KINDS: dict[str, type[Plugin]] = {"scorer": Scorer, "selector": Selector, "probe": Probe, "embedder": Embedder}
-_HOOK_FOR_KIND = {
-    "scorer": "dqf_register_scorers",
-    "selector": "dqf_register_selectors",
-    "probe": "dqf_register_probes",
-    "embedder": "dqf_register_embedders",
-}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of plugin: its name, the base class its plugins derive from, the hook that registers them, and the
+    key a recipe step uses for it (``None``: it is only ever nested in another plugin)."""
+
+    name: str
+    base: type[Plugin]
+    hook: str
+    step_key: str | None
+
+
+#: Every kind of plugin, in the order ``dqf plugins`` lists them.
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("scorer", Scorer, "dqf_register_scorers", "score"),
+    Kind("selector", Selector, "dqf_register_selectors", "select"),
+    Kind("probe", Probe, "dqf_register_probes", "probe"),
+    Kind("embedder", Embedder, "dqf_register_embedders", None),
+)}
+
+
+def step_kind(step_key: str) -> Kind:
+    """The kind a recipe step's key (``score``, ``select``, ``probe``) names."""
+    return next(k for k in KINDS.values() if k.step_key == step_key)
 
 
 @dataclass(frozen=True)
@@ -65,17 +84,17 @@ class PluginHost:
     # -- registry -----------------------------------------------------------------
     def _collect(self) -> None:
         self._plugins.clear()
-        for kind, hook_name in _HOOK_FOR_KIND.items():
-            hook = getattr(self.pm.hook, hook_name)
+        for kind in KINDS.values():
+            hook = getattr(self.pm.hook, kind.hook)
             # Call each implementation on its own so every class is attributed to its provider.
             for impl in hook.get_hookimpls():
                 provider = self._providers.get(impl.plugin_name) or Provider(
                     impl.plugin_name, "", getattr(impl.plugin, "__name__", "?")
                 )
-                impl.function(register=lambda cls, _k=kind, _p=provider: self._add(_k, cls, _p))
+                impl.function(register=lambda cls, _k=kind.name, _p=provider: self._add(_k, cls, _p))
 
     def _add(self, kind: str, cls: Any, provider: Provider) -> None:
-        base = KINDS[kind]
+        base = KINDS[kind].base
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(f"{provider}: registered {cls!r} as a {kind}, but it is not a dqf.{base.__name__} subclass")
         if not cls.name:

@@ -58,6 +58,34 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
             yield fh
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``path``; on success it becomes ``path`` in one rename.
+
+    For multi-file results (a converted model, a fine-tuned adapter): readers see no folder or a
+    complete one. When ``path`` already exists it is kept and the new folder discarded (another
+    writer finished the same result first), unless ``replace`` says to delete it first.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if replace and path.exists():
+            shutil.rmtree(path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_parquet(frame, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         frame.write_parquet(tmp)

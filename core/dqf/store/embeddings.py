@@ -1,4 +1,4 @@
-"""On-disk embedding cache: float32 vectors per (embedder configuration, text), stored as memory-mapped .npy shards."""
+"""The embedding cache: float32 vectors per (embedder configuration, text), stored as memory-mapped .npy shards."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import hashlib
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from .atomic import atomic_path, sweep_temporaries, write_parquet
-from .errors import DqfError
+from dqf.store.atomic import atomic_path, sweep_temporaries, write_parquet
+from dqf.errors import DqfError
 
 if TYPE_CHECKING:
     import numpy as np
+    import polars as pl
 
-    from .plugin import Embedder
+    from dqf.plugin import Embedder
 
 #: Texts per shard file: large enough to keep the file count low, small enough that a crash loses little.
 SHARD_TEXTS = 4096
@@ -40,6 +41,33 @@ def check_vectors(embedder: "Embedder", out, n: int) -> "np.ndarray":
     return out
 
 
+def embed_in_shards(embedder: "Embedder", texts: list[str], advance: Callable[[int], None] | None = None):
+    """Yield ``(positions, vectors)``: float32 vectors of ``texts[positions]``, a chunk of up to SHARD_TEXTS at a time.
+
+    How missing embeddings are computed in one process (the embedder set up already). Each chunk
+    becomes one cache shard; a chunk is closed early once it took :data:`SHARD_SECONDS`, so a slow
+    model's work reaches the cache every few seconds.
+    """
+    import numpy as np
+
+    for block in range(0, len(texts), SHARD_TEXTS):  # embed() calls never span a block (as the Ray engine's)
+        stop = min(block + SHARD_TEXTS, len(texts))
+        start, parts, opened = block, [], time.monotonic()
+        for b in range(block, stop, embedder.batch_size):
+            batch = texts[b:min(b + embedder.batch_size, stop)]
+            parts.append(check_vectors(embedder, embedder.embed(batch), len(batch)))
+            if advance:
+                advance(len(batch))
+            end = b + len(batch)
+            if end == stop or time.monotonic() - opened >= SHARD_SECONDS:
+                yield np.arange(start, end), np.concatenate(parts)
+                start, parts, opened = end, [], time.monotonic()
+
+
+#: ``compute(embedder, texts, advance)``: yields ``(positions, vectors)`` covering ``texts`` (see :func:`embed_in_shards`).
+Compute = Callable[["Embedder", list, "Callable[[int], None] | None"], Iterator[tuple["np.ndarray", "np.ndarray"]]]
+
+
 class EmbeddingStore:
     """Embeddings keyed by the embedder's cache key and a hash of each text.
 
@@ -49,6 +77,7 @@ class EmbeddingStore:
     """
 
     def __init__(self, root: Path, enabled: bool = True):
+        #: The folder holding one sub-folder per embedder name (``<cache root>/embeddings``).
         self.root = Path(root)
         self.enabled = enabled
         self._setup_done: set[int] = set()
@@ -57,7 +86,7 @@ class EmbeddingStore:
         self.last_stats: dict[str, int] = {"hits": 0, "computed": 0}
 
     def directory(self, embedder: "Embedder") -> Path:
-        return self.root / "embeddings" / embedder.name / embedder.cache_key()
+        return self.root / embedder.name / embedder.cache_key()
 
     def _index(self, directory: Path) -> tuple[list["np.ndarray"], "pl.DataFrame"]:
         """Memory-mapped vectors of every complete shard in ``directory`` and a frame (key, shard, row) over them.
@@ -117,34 +146,10 @@ class EmbeddingStore:
                 np.save(fh, np.ascontiguousarray(vecs, dtype=np.float32))
         write_parquet(pl.DataFrame({"key": keys}, schema={"key": pl.Binary}), directory / f"{name}.keys.parquet")
 
-    def _compute(self, embedder: "Embedder", texts: list[str], advance: Callable[[int], None] | None):
-        """Yield ``(positions, vectors)``: float32 vectors of ``texts[positions]``, a chunk of up to SHARD_TEXTS at a time.
-
-        The one place missing embeddings are computed: a distributed engine (:mod:`dqf.ray_engine`)
-        overrides it. Every text must come back exactly once, in any order; each chunk becomes one
-        cache shard. A chunk is closed early once it took :data:`SHARD_SECONDS`, so a slow model's
-        work reaches the cache every few seconds.
-        """
-        import numpy as np
-
-        if id(embedder) not in self._setup_done:
-            embedder.setup()
-            self._setup_done.add(id(embedder))
-        for block in range(0, len(texts), SHARD_TEXTS):  # embed() calls never span a block (as the Ray engine's)
-            stop = min(block + SHARD_TEXTS, len(texts))
-            start, parts, opened = block, [], time.monotonic()
-            for b in range(block, stop, embedder.batch_size):
-                batch = texts[b:min(b + embedder.batch_size, stop)]
-                parts.append(check_vectors(embedder, embedder.embed(batch), len(batch)))
-                if advance:
-                    advance(len(batch))
-                end = b + len(batch)
-                if end == stop or time.monotonic() - opened >= SHARD_SECONDS:
-                    yield np.arange(start, end), np.concatenate(parts)
-                    start, parts, opened = end, [], time.monotonic()
-
-    def embed(self, embedder: "Embedder", texts: list[str], advance: Callable[[int], None] | None = None) -> "np.ndarray":
-        """Return ``float32`` embeddings of ``texts`` in order, computing only texts not cached yet.
+    def embed(self, embedder: "Embedder", texts: list[str], advance: Callable[[int], None] | None = None, *,
+              compute: Compute | None = None) -> "np.ndarray":
+        """Return ``float32`` embeddings of ``texts`` in order, computing only texts not cached yet with ``compute``
+        (default: :func:`embed_in_shards` here, the embedder set up on first use).
 
         Cached vectors are gathered shard by shard from the memory-mapped shard files; each chunk of
         computed vectors is written as a shard as soon as it is ready (so a killed run keeps it) and
@@ -195,7 +200,12 @@ class EmbeddingStore:
             t_sorted, t_pos = where["t"].to_numpy(), where["pos"].to_numpy()
             del missing, where
             done = 0
-            for positions, vecs in self._compute(embedder, todo_texts, advance):
+            if compute is None:
+                if id(embedder) not in self._setup_done:
+                    embedder.setup()
+                    self._setup_done.add(id(embedder))
+                compute = embed_in_shards
+            for positions, vecs in compute(embedder, todo_texts, advance):
                 positions = np.asarray(positions, dtype=np.int64)
                 done += len(positions)
                 self._write_shard(directory, todo_keys.gather(positions), vecs)
@@ -219,7 +229,7 @@ class EmbeddingStore:
 
         if n * dim * 4 < MEMMAP_MIN_BYTES:
             return np.empty((n, dim), dtype=np.float32)
-        folder = self.root / "embeddings" if self.enabled else None
+        folder = self.root if self.enabled else None
         try:
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Runs a validated recipe locally: reads input, runs steps in order, accounts for every row, writes outputs."""
+"""The driver of a run: steps in order, caches, every row accounted for, outputs; the heavy work goes to an executor."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .atomic import atomic_open, write_parquet
-from .cache import ScoreCache
-from .embeddings import EmbeddingStore
-from .errors import DataError, DqfError
-from .plugin import BASE_COLUMNS, DERIVED_COLUMNS, FAILED_COLUMN, Probe, Scorer, Selector, StepContext
-from .progress import Reporter, Timer
-from .readers import derive_column, display_path, read_input
-from .recipe import Recipe, Step
-from .writers import write_jsonl, write_selected
+from dqf._version import __version__
+from dqf.engine.base import Executor
+from dqf.engine.context import step_context
+from dqf.errors import DataError, DqfError
+from dqf.plugin import BASE_COLUMNS, DERIVED_COLUMNS, FAILED_COLUMN, Probe, Scorer, Selector, Workspace
+from dqf.store import Store
+from dqf.store.atomic import atomic_open, write_parquet
+from dqf.engine.progress import Reporter, Timer
+from dqf.io.readers import derive_column, display_path
+from dqf.recipe import Recipe, Step
+from dqf.io.writers import write_jsonl, write_selected
 
 KEPT = "kept"
 
@@ -57,39 +58,33 @@ def _status_column(n: int, positions, kept_positions, reason: str):
 
 
 class Engine:
-    """Local, in-process engine. One instance per run."""
+    """Runs one recipe once, its scoring and embedding done by ``executor``. One instance per run."""
 
-    def __init__(self, recipe: Recipe, host, *, run_dir: Path | None = None, limit: int | None = None,
-                 use_cache: bool = True, cache_dir: Path | None = None, reporter: Reporter | None = None):
+    def __init__(self, recipe: Recipe, host, executor: Executor, *, run_dir: Path | None = None,
+                 limit: int | None = None, use_cache: bool = True, cache_dir: Path | None = None,
+                 reporter: Reporter | None = None):
         self.recipe = recipe
         self.host = host
+        self.executor = executor
         self.run_dir = Path(run_dir) if run_dir is not None else recipe.output_dir
         self.limit = limit
         cfg = recipe.model.cache
         root = cache_dir or (recipe.resolve(cfg.dir) if cfg.dir else None)
-        self.cache = ScoreCache(root, enabled=use_cache and cfg.enabled)
-        self.embeddings = EmbeddingStore(self.cache.root, enabled=self.cache.enabled)
+        self.store = Store(root, enabled=use_cache and cfg.enabled)
         self.reporter = reporter or Reporter()
-        self._setup_done: set[int] = set()
         self._raws = None  # id -> _raw of every row read, for derived columns of rows handed in without it
         self._embed_stats: dict[str, dict] = {}  # step id -> embeddings served from the cache / computed
 
     # -- public -----------------------------------------------------------------------
     def run(self) -> RunResult:
-        from .models import recipe_dir, run_cache_dir
-
-        token = recipe_dir.set(self.recipe.base_dir.resolve())  # relative model paths resolve against the recipe
-        cache_token = run_cache_dir.set(self.cache.root)  # GGUF models are converted once, into this run's cache
+        # Relative model paths resolve against the recipe; GGUF models are converted once, into this run's cache.
+        workspace = Workspace(base_dir=self.recipe.base_dir.resolve(), cache_dir=self.store.root)
+        for step in self.recipe.steps:
+            step.plugin.bind(workspace)
         try:
             return self._run()
         finally:
-            run_cache_dir.reset(cache_token)
-            recipe_dir.reset(token)
-
-    def _read_input(self, inp, advance):
-        """The recipe's input as a :class:`dqf.readers.ReadResult` (the Ray engine reads shards on the cluster)."""
-        return read_input(self.recipe.input_path, fmt=inp.format, fields=inp.fields, on_bad_row=inp.on_bad_row,
-                          limit=self.limit, progress=advance)
+            self.executor.close()
 
     def _run(self) -> RunResult:
         import polars as pl
@@ -99,11 +94,10 @@ class Engine:
         _check_writable(self.run_dir)
         self.host.hook.dqf_run_start(recipe=self.recipe, run_dir=self.run_dir)
 
-        inp = self.recipe.model.input
         with self.reporter.task("read input", None) as advance:
             t = Timer()
             try:
-                read = self._read_input(inp, advance)
+                read = self.executor.read_input(self.limit, advance)
             except DataError as exc:  # say which recipe pointed at the missing or empty input
                 raise DataError(*[f"{self.recipe.path}: {line}" if line.startswith("input.path") else line
                                   for line in exc.lines]) from None
@@ -172,32 +166,8 @@ class Engine:
         return RunResult(self.run_dir, manifest, rows, selected)
 
     # -- steps --------------------------------------------------------------------------
-    def _context(self, step: Step, table, results) -> StepContext:
-        import polars as pl
-
-        def step_rows(step_id: str):
-            if step_id not in results:
-                raise DqfError(f"step {step.id!r} asked for rows of {step_id!r}, which has not run")
-            return table.filter(pl.col("_idx").is_in(results[step_id].implode())).drop("_raw")
-
-        def embeddings(embedder, texts):
-            t = Timer()
-            with self.reporter.task(f"{step.id}: embed ({embedder.name})", None) as advance:
-                out = self.embeddings.embed(embedder, texts, advance)
-            stats = self._embed_stats.setdefault(step.id, {"hits": 0, "computed": 0, "seconds": 0.0})
-            for k, v in getattr(self.embeddings, "last_stats", {}).items():
-                stats[k] = stats.get(k, 0) + v
-            stats["seconds"] = round(stats["seconds"] + t.seconds, 4)
-            return out
-
-        def score(scorer, rows):
-            scored, _ = self._score_rows(scorer, dict(scorer.columns()), rows, label=f"{step.id}: {scorer.name}",
-                                         key="id", what=f"scorer {scorer.name!r} (inside step {step.id!r})")
-            return rows.select("id").join(scored, on="id", how="left", maintain_order="left").drop("id")
-
-        return StepContext(step_id=step.id, seed=self.recipe.seed, run_dir=self.run_dir,
-                           cache_dir=self.cache.root, _step_rows=step_rows, _embeddings=embeddings,
-                           _score=score, _progress=self.reporter.task)
+    def _context(self, step: Step, table, results):
+        return step_context(self, step, table, results)
 
     @staticmethod
     def _check_output(what: str, columns: dict, out, height: int):
@@ -217,18 +187,18 @@ class Engine:
 
     def _run_scorer(self, step: Step, sub):
         return self._score_rows(step.plugin, step.columns, sub, label=f"{step.id} ({step.plugin.name})",
-                                batch_size=step.batch_size, upstream=self._upstream_key(step),
+                                step_id=step.id, batch_size=step.batch_size, upstream=self._upstream_key(step),
                                 what=f"scorer {step.plugin.name!r} (step {step.id!r})")
 
-    def _score_rows(self, scorer: Scorer, columns: dict, sub, *, label: str, batch_size: int | None = None,
-                    upstream: str = "", what: str = "", key: str = "_idx"):
+    def _score_rows(self, scorer: Scorer, columns: dict, sub, *, label: str, step_id: str,
+                    batch_size: int | None = None, upstream: str = "", what: str = "", key: str = "_idx"):
         """Scores for ``sub`` from the cache where present, computed batch by batch (each batch cached) otherwise."""
         import polars as pl
 
         what = what or f"scorer {scorer.name!r}"
         cols = list(columns)
         try:
-            entry = self.cache.entry(scorer, upstream)  # the key may resolve the scorer's model
+            entry = self.store.scores(scorer, upstream)  # the key may resolve the scorer's model
         except DqfError as exc:
             raise DqfError(*[f"{label}: {line}" for line in exc.lines]) from None
         cached = entry.load(cols)
@@ -246,8 +216,11 @@ class Engine:
             derived = sorted(set(scorer.requires()) & set(DERIVED_COLUMNS))
             if derived and "_raw" not in todo.columns:  # rows from a selector's context.score(): look records up
                 todo = todo.join(self._raws, on="id", how="left", maintain_order="left")
+            derive = (lambda frame: frame.with_columns(self._derived(derived, frame["_raw"]))) if derived else None
+            batches = self.executor.score_batches(scorer, todo, batch_size=bs, view=view, derive=derive, key=key,
+                                                  label=label, step_id=step_id)
             with self.reporter.task(label, todo.height) as advance:
-                for batch, raw_out in self._scored_batches(scorer, todo, bs, view, derived, key=key, label=label):
+                for batch, raw_out in batches:
                     out = self._check_output(what, columns, raw_out, batch.height)
                     done = pl.concat([batch.select("id"), out], how="horizontal")
                     if FAILED_COLUMN in raw_out.columns:  # transient failures: used now, computed again next run
@@ -267,26 +240,6 @@ class Engine:
         if todo.height and (merged := entry.compact()):
             info["shards_merged"] = merged
         return scored, {**info, "failed": failed} if failed else info
-
-    def _scored_batches(self, scorer: Scorer, todo, batch_size: int, view: list[str], derived: list[str], *,
-                        key: str, label: str):
-        """Yield ``(batch, scorer.score(batch.select(view)))`` over ``todo``, ``batch_size`` rows at a time.
-
-        The one place rows missing from the score cache are computed: a distributed engine
-        (:mod:`dqf.ray_engine`) overrides it. Every row of ``todo`` must come back exactly once,
-        in any order; ``batch`` needs only ``id`` and ``key``; caching, checks and accounting
-        stay with the caller.
-        """
-        if id(scorer) not in self._setup_done:
-            try:
-                scorer.setup()
-            except DqfError as exc:  # say which step's model failed to load
-                raise DqfError(*[f"{label}: {line}" for line in exc.lines]) from None
-            self._setup_done.add(id(scorer))
-        for batch in todo.iter_slices(batch_size):
-            if derived:
-                batch = batch.with_columns(self._derived(derived, batch["_raw"]))
-            yield batch, scorer.score(batch.select(view))
 
     def _derived(self, names: list[str], raws) -> list:
         """The derived columns ``names`` (see :data:`dqf.DERIVED_COLUMNS`) of rows whose records are ``raws``."""
@@ -405,8 +358,8 @@ class Engine:
                 "rows_file": display_path(self.run_dir / "rows.parquet"),
                 "quarantine_file": display_path(qpath) if read.quarantined else None,
             },
-            "cache": {"dir": str(self.cache.root), "enabled": self.cache.enabled},
-            "engine": self._engine_record(),
+            "cache": {"dir": str(self.store.root), "enabled": self.store.enabled},
+            "engine": self.executor.record(),
         }
         manifest["wall_seconds"] = round(total.seconds, 4)
         with atomic_open(self.run_dir / "manifest.json") as fh:
@@ -414,12 +367,8 @@ class Engine:
             fh.write("\n")
         return manifest
 
-    def _engine_record(self) -> dict:
-        """Recorded in the manifest: which engine ran the steps (a distributed engine adds its cluster)."""
-        return {"kind": "local"}
-
     def _plugin_record(self, step: Step) -> dict:
-        info = self.host.get({"score": "scorer", "select": "selector", "probe": "probe"}[step.kind], step.plugin.name)
+        info = self.host.get(step.plugin.kind, step.plugin.name)
         return {
             "step": step.id,
             **step.plugin.describe(),
@@ -427,12 +376,3 @@ class Engine:
             "distribution_version": info.provider.version,
             "module": info.provider.module,
         }
-
-
-def run_recipe(recipe: Recipe, host, **kwargs) -> RunResult:
-    """Run ``recipe`` with plugins from ``host`` on the engine its ``[engine]`` names; see :class:`Engine`."""
-    if recipe.model.engine.kind == "ray":
-        from .ray_engine import RayEngine
-
-        return RayEngine(recipe, host, **kwargs).run()
-    return Engine(recipe, host, **kwargs).run()

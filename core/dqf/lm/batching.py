@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
+#: Most padding a forward pass may carry, as a fraction of its real tokens, where a scorer batches rows of
+#: mixed lengths: past it a batch costs more than running its rows apart (the few long rows at the end of a sort).
+MAX_PADDING = 0.25
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id to pad with: the tokenizer's pad token, else its eos token (padding is masked), else 0."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
 
 def length_batches(lengths: Sequence[int], batch_size: int, *, max_padding: float | None = None,
                    descending: bool = False) -> list[list[int]]:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .batching import collate, length_batches
-
-#: Most padding a forward pass may carry, as a fraction of its real tokens (see :func:`dqf.length_batches`).
-MAX_PADDING = 0.25
+from dqf.lm.batching import MAX_PADDING, collate, length_batches, pad_token_id
 
 
 def answer_losses(model, tokenizer, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], *,
@@ -22,7 +19,7 @@ def answer_losses(model, tokenizer, prompts: Sequence[Sequence[int]], answers: S
     ``NaN``.
 
     Rows are sorted by length and run ``batch_size`` at a time, right-padded with
-    :func:`dqf.collate` only to their own longest row; padding is masked, so a row's loss does
+    :func:`dqf.lm.collate` only to their own longest row; padding is masked, so a row's loss does
     not depend on which rows share its batch. Runs under ``torch.inference_mode``; the loss is
     computed in float32 whatever the model's dtype. Returns a float64 numpy array in input order.
     """
@@ -33,8 +30,7 @@ def answer_losses(model, tokenizer, prompts: Sequence[Sequence[int]], answers: S
         raise ValueError(f"answer_losses: {len(prompts)} prompts but {len(answers)} answers")
     if device is None:
         device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pad_id = 0 if pad_id is None else pad_id
+    pad_id = pad_token_id(tokenizer)
     out = np.full(len(prompts), np.nan, dtype=np.float64)
     rows = [list(p) + list(a) for p, a in zip(prompts, answers)]
     starts = [len(p) for p in prompts]

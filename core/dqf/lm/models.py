@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DqfError
+from dqf.errors import DqfError, require
+from dqf.store import MODELS_DIR
+from dqf.store.atomic import atomic_dir
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
@@ -71,12 +72,6 @@ def _identity(path: Path, gguf_file: str | None) -> dict[str, Any]:
     return {"files": h.hexdigest()}
 
 
-#: Folder relative model paths resolve against: the recipe's, while dqf loads or runs one.
-recipe_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("dqf_recipe_dir", default=None)
-#: The running engine's cache root: where GGUF checkpoints are dequantized once when a plugin passes no cache_dir.
-run_cache_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("dqf_run_cache_dir", default=None)
-
-
 def resolve_model(spec: str, base_dir: str | Path | None = None) -> ModelRef:
     """Resolve a model name from a recipe.
 
@@ -92,7 +87,6 @@ def resolve_model(spec: str, base_dir: str | Path | None = None) -> ModelRef:
         path, gguf = _find_model_in(root, spec)
         return ModelRef(spec, str(path), gguf, _identity(path, gguf))
     p = Path(spec).expanduser()
-    base_dir = base_dir if base_dir is not None else recipe_dir.get()
     if not p.is_absolute() and base_dir is not None and (Path(base_dir) / p).exists():
         p = Path(base_dir) / p
     if p.is_file() and p.suffix == ".gguf":
@@ -108,16 +102,6 @@ def resolve_model(spec: str, base_dir: str | Path | None = None) -> ModelRef:
             p = path
         return ModelRef(spec, str(p), gguf, _identity(p, gguf))
     return ModelRef(spec, spec, None, {"hub": spec})
-
-
-def require(module: str, package: str | None = None, extra: str | None = None, *, user: str = "this plugin"):
-    """Import a heavy optional module, or raise a one-line error with the pip command that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        from . import missing_dependency
-
-        raise missing_dependency(module, extra=extra, package=package, user=user) from None
 
 
 def pick_device(preference: str = "auto"):
@@ -161,7 +145,7 @@ def _dequantized_copy(ref: ModelRef, auto_cls, cache_dir: Path) -> Path:
     """
     key = hashlib.blake2b(json.dumps([ref.path, ref.gguf_file, ref.identity, auto_cls.__name__],
                                      sort_keys=True).encode(), digest_size=10).hexdigest()
-    target = Path(cache_dir) / "models" / f"{Path(ref.gguf_file).stem}-{key}"
+    target = Path(cache_dir) / MODELS_DIR / f"{Path(ref.gguf_file).stem}-{key}"
     if (target / "config.json").exists():
         return target
     transformers = _transformers()
@@ -172,15 +156,9 @@ def _dequantized_copy(ref: ModelRef, auto_cls, cache_dir: Path) -> Path:
         delattr(config, "quantization_config")
     plain = auto_cls.from_config(config)
     plain.load_state_dict(loaded.state_dict())
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(target) as tmp:  # a process that finished first keeps its copy
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return target
 
 
@@ -192,7 +170,6 @@ def _transformers():
 
 def load_tokenizer(ref: ModelRef, cache_dir: Path | None = None, **kwargs):
     transformers = _transformers()
-    cache_dir = cache_dir if cache_dir is not None else run_cache_dir.get()
     try:
         if ref.gguf_file:
             path = _dequantized_copy(ref, transformers.AutoModelForCausalLM, cache_dir) if cache_dir else ref.path
@@ -211,11 +188,10 @@ def load_model(ref: ModelRef, auto_class: str, *, device=None, dtype=None, cache
 
     GGUF files are dequantized once into ``cache_dir`` (so later loads are plain safetensors).
     ``inference=True`` promises the model is only run, never trained or adapted: on the CPU its
-    Linear layers then run as oneDNN linears on packed weights (:func:`dqf.onednn_linears`).
+    Linear layers then run as oneDNN linears on packed weights (:func:`dqf.lm.onednn_linears`).
     """
     transformers = _transformers()
     auto_cls = getattr(transformers, auto_class)
-    cache_dir = cache_dir if cache_dir is not None else run_cache_dir.get()
     try:
         path = ref.path
         extra = {}
@@ -235,18 +211,45 @@ def load_model(ref: ModelRef, auto_class: str, *, device=None, dtype=None, cache
         model.to(device)
     model.eval()
     if inference:
-        from .onednn import onednn_linears
+        from dqf.lm.onednn import onednn_linears
 
         onednn_linears(model)
     return model
 
 
+def one_line(text: str, limit: int = 400) -> str:
+    """``text`` on one line of at most ``limit`` characters (hub and OS errors span several)."""
+    flat = re.sub(r"\s+", " ", str(text)).strip()
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+#: Tokenizers without a length limit report a huge sentinel as ``model_max_length``.
+_SANE_MAX_LENGTH = 1_000_000
+
+
+def effective_max_length(requested: int, config, tokenizer=None, reserve: int = 0) -> int:
+    """``requested`` capped by what the model can read: its tokenizer's limit (when ``tokenizer`` is given and
+    sets one) and its absolute position table, less ``reserve`` positions (e.g. for tokens to generate).
+
+    Models with relative positions only (DeBERTa-v3: ``position_biased_input = False``) have no table limit.
+    """
+    limit = requested
+    if tokenizer is not None and 0 < (tokenizer.model_max_length or 0) < _SANE_MAX_LENGTH:
+        limit = min(limit, int(tokenizer.model_max_length))
+    n_pos = getattr(config, "max_position_embeddings", None)
+    if getattr(config, "position_biased_input", True) and isinstance(n_pos, int) and n_pos > 0:
+        limit = min(limit, n_pos - reserve)
+    return limit
+
+
 class ModelMixin:
     """For plugins whose options name a ``model``, a ``device`` and a ``dtype``.
 
-    Resolves each once and reports them for the cache key, so the key names the model's files
-    and the precision the numbers were computed in before any weights load. Override
-    :meth:`device_preference` to force a device (e.g. CPU for int8).
+    Resolves each once (relative paths against the plugin's :class:`dqf.Workspace`) and reports
+    them for the cache key, so the key names the model's files and the precision the numbers
+    were computed in before any weights load. :meth:`load_pretrained` loads tokenizer and model
+    as every dqf model plugin does. Override :meth:`device_preference` to force a device (e.g.
+    CPU for int8).
     """
 
     def device_preference(self) -> str:
@@ -255,7 +258,7 @@ class ModelMixin:
     def model_ref(self) -> ModelRef:
         ref = self.__dict__.get("_dqf_model_ref")
         if ref is None:
-            ref = self.__dict__["_dqf_model_ref"] = resolve_model(self.options.model)
+            ref = self.__dict__["_dqf_model_ref"] = resolve_model(self.options.model, self.workspace.base_dir)
         return ref
 
     def placement(self):
@@ -266,12 +269,21 @@ class ModelMixin:
             placed = self.__dict__["_dqf_placement"] = (device, pick_dtype(device, getattr(self.options, "dtype", "auto")))
         return placed
 
-    def truncation_stats(self) -> dict[str, Any]:
-        """``rows_scored``, ``truncated_rows`` and ``max_length`` for a plugin's ``stats()``, from its
-        ``_scored``/``_truncated``/``_max_length`` counters; ``{}`` before the model is set up."""
-        if getattr(self, "_max_length", None) is None:
-            return {}
-        return {"rows_scored": self._scored, "truncated_rows": self._truncated, "max_length": self._max_length}
+    def load_pretrained(self, auto_class: str, *, inference: bool = True):
+        """``(tokenizer, model)`` of the plugin's model on its placement; a failure is one line naming the plugin.
+
+        GGUF checkpoints are converted once into the workspace's cache; ``inference`` is passed to
+        :func:`load_model`.
+        """
+        ref = self.model_ref()
+        device, dtype = self.placement()
+        cache_dir = self.workspace.cache_dir
+        try:
+            tokenizer = load_tokenizer(ref, cache_dir=cache_dir)
+            model = load_model(ref, auto_class, device=device, dtype=dtype, cache_dir=cache_dir, inference=inference)
+        except DqfError as exc:
+            raise DqfError(f"{self.name}: {one_line(exc)}") from None
+        return tokenizer, model
 
     def model_identity(self) -> dict[str, Any]:
         device, dtype = self.placement()

@@ -1,13 +1,11 @@
-"""The Ray engine: the local engine's run, with rows missing from the caches scored and embedded on a Ray cluster.
+"""The Ray executor: input shards read, and rows missing from the caches scored and embedded, on a Ray cluster.
 
-Everything but reading the input and the computation of missing scores and embeddings is the
-local engine's code: accounting, the score and embedding caches (same keys, one shard per batch,
-written by the driver as results arrive), selectors and probes (on the driver), outputs and
-manifest. A folder of shards is read by one Ray task per file (:func:`read_shard`, the local
-reader on one file) and merged on the driver in file order, as one sequential read would count
-it. :class:`RayEngine` overrides the two seams the local engine computes through,
-:meth:`Engine._scored_batches` and :meth:`EmbeddingStore._compute`, with Ray Data
-``map_batches`` over the missing rows only:
+Everything else is the driver's (:mod:`dqf.engine.driver`), as in a local run: accounting, the
+score and embedding caches (same keys, one shard per batch, written by the driver as results
+arrive), selectors and probes (on the driver), outputs and manifest. A folder of shards is read
+by one Ray task per file (:func:`read_shard`, the local reader on one file) and merged on the
+driver in file order, as one sequential read would count it. Scoring and embedding are Ray
+Data ``map_batches`` over the missing rows only:
 
 - plugins that load a model (a :class:`dqf.ModelMixin`, a ``setup()`` of their own, or such a
   nested plugin) run in an actor pool: each actor rebuilds the plugin from its recipe spec and
@@ -26,16 +24,15 @@ import logging
 import math
 import socket
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .embeddings import SHARD_TEXTS, EmbeddingStore, check_vectors
-from .engine import Engine
-from .errors import DqfError
-from .plugin import Embedder, Plugin, Scorer
-from .recipe import WorkerConfig
+from dqf.engine.base import Executor
+from dqf.errors import DqfError, require
+from dqf.plugin import Embedder, Plugin, Scorer, Workspace
+from dqf.recipe import WorkerConfig
+from dqf.store.embeddings import SHARD_TEXTS, check_vectors
 
 #: Column a worker returns instead of results when a batch failed: the driver raises it as one
 #: readable line (the remote traceback rides along for --debug) rather than Ray's wrapped traceback.
@@ -48,8 +45,6 @@ RAY_USER = "the Ray engine (--engine ray)"
 
 def import_ray():
     """``ray`` with Ray Data, or the one-line error saying how to install it."""
-    from .models import require
-
     ray = require("ray", package="ray[data]", extra="ray", user=RAY_USER)
     require("ray.data", package="ray[data]", extra="ray", user=RAY_USER)
     return ray
@@ -76,17 +71,10 @@ class WorkerSpec:
                            self.key], sort_keys=True, default=str)
         return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
 
-    @contextmanager
-    def scope(self):
+    @property
+    def workspace(self) -> Workspace:
         """Relative model paths resolve against the recipe and GGUF conversions go to the run's cache, as on the driver."""
-        from .models import recipe_dir, run_cache_dir
-
-        t1, t2 = recipe_dir.set(Path(self.recipe_dir)), run_cache_dir.set(Path(self.cache_dir))
-        try:
-            yield
-        finally:
-            run_cache_dir.reset(t2)
-            recipe_dir.reset(t1)
+        return Workspace(base_dir=Path(self.recipe_dir), cache_dir=Path(self.cache_dir))
 
 
 _HOSTS: dict[tuple, Any] = {}
@@ -99,26 +87,25 @@ def worker_plugin(spec: WorkerSpec) -> Plugin:
     plugin = _PLUGINS.get(spec.token)
     if plugin is not None:
         return plugin
-    from .recipe import instantiate
+    from dqf.recipe import instantiate
+    from dqf.registry import build_plugin_manager
 
-    with spec.scope():
-        host = _HOSTS.get(spec.local_modules)
-        if host is None:
-            from . import build_plugin_manager
-
-            host = _HOSTS[spec.local_modules] = build_plugin_manager([Path(p) for p in spec.local_modules])
-        errors: list[str] = []
-        plugin = instantiate(host, spec.kind, {"plugin": spec.name, **spec.options}, spec.name, errors)
-        if plugin is None:
-            raise DqfError(*[f"{spec.label}: cannot rebuild the plugin on Ray worker {socket.gethostname()}: {e}"
-                             for e in errors])
-        key = plugin.cache_key()
-        if key != spec.key:
-            diff = "; ".join(_differences(plugin.describe(), spec.describe)) or "options"
-            raise DqfError(f"{spec.label}: resolves differently on Ray worker {socket.gethostname()} than on the "
-                           f"driver ({diff}), so its results would be cached under the wrong key; give every node "
-                           f"the same model files and set `device` and `dtype` in the plugin's options explicitly")
-        plugin.setup()
+    host = _HOSTS.get(spec.local_modules)
+    if host is None:
+        host = _HOSTS[spec.local_modules] = build_plugin_manager([Path(p) for p in spec.local_modules])
+    errors: list[str] = []
+    plugin = instantiate(host, spec.kind, {"plugin": spec.name, **spec.options}, spec.name, errors,
+                         workspace=spec.workspace)
+    if plugin is None:
+        raise DqfError(*[f"{spec.label}: cannot rebuild the plugin on Ray worker {socket.gethostname()}: {e}"
+                         for e in errors])
+    key = plugin.cache_key()
+    if key != spec.key:
+        diff = "; ".join(_differences(plugin.describe(), spec.describe)) or "options"
+        raise DqfError(f"{spec.label}: resolves differently on Ray worker {socket.gethostname()} than on the "
+                       f"driver ({diff}), so its results would be cached under the wrong key; give every node "
+                       f"the same model files and set `device` and `dtype` in the plugin's options explicitly")
+    plugin.setup()
     while len(_PLUGINS) >= _KEEP_PLUGINS:
         _PLUGINS.pop(next(iter(_PLUGINS)))
     _PLUGINS[spec.token] = plugin
@@ -150,8 +137,7 @@ def score_batch(batch, *, spec: WorkerSpec, view: list[str], keep: list[str]):
     try:
         scorer = worker_plugin(spec)
         frame = pl.from_arrow(batch)
-        with spec.scope():
-            out = scorer.score(frame.select(view))
+        out = scorer.score(frame.select(view))
         if not isinstance(out, pl.DataFrame):
             raise DqfError(f"{spec.label}: returned {type(out).__name__}, expected a polars DataFrame")
         if out.height != frame.height:
@@ -170,8 +156,7 @@ def embed_batch(batch, *, spec: WorkerSpec):
     try:
         embedder = worker_plugin(spec)
         texts = batch["text"].tolist()
-        with spec.scope():
-            vecs = check_vectors(embedder, embedder.embed(texts), len(texts))
+        vecs = check_vectors(embedder, embedder.embed(texts), len(texts))
         return {"pos": batch["pos"], "vec": vecs}
     except Exception as exc:
         message, tb = _failure(spec, exc)
@@ -180,7 +165,7 @@ def embed_batch(batch, *, spec: WorkerSpec):
 
 def read_shard(path: str, shown: str, *, fmt: str, fields: dict | None, on_bad_row: str):
     """Ray task: one input file read as the local engine reads it; a failure comes back in ``FilePart.error``."""
-    from .readers import FilePart, read_file
+    from dqf.io.readers import FilePart, read_file
 
     try:
         return read_file(Path(path), fmt=fmt, fields=fields, on_bad_row=on_bad_row, raise_errors=False, shown=shown)
@@ -210,7 +195,7 @@ class RemoteTraceback(Exception):
 # -- on the driver -------------------------------------------------------------------------------
 def loads_model(plugin: Plugin) -> bool:
     """Whether ``plugin`` (or one nested in it) has a model or other state loaded by ``setup()``."""
-    from .models import ModelMixin
+    from dqf.lm.models import ModelMixin
 
     if isinstance(plugin, ModelMixin):
         return True
@@ -220,36 +205,25 @@ def loads_model(plugin: Plugin) -> bool:
     return any(loads_model(p) for p in plugin.nested.values())
 
 
-class _RayEmbeddingStore(EmbeddingStore):
-    def __init__(self, root: Path, enabled: bool, engine: "RayEngine"):
-        super().__init__(root, enabled)
-        self._engine = engine
+class RayExecutor(Executor):
+    """Scorers and embedders mapped over the rows missing from the cache on a Ray cluster; shards read by Ray tasks."""
 
-    def _compute(self, embedder, texts, advance):
-        return self._engine._embed_missing(embedder, texts, advance)
+    kind = "ray"
 
-
-class RayEngine(Engine):
-    """:class:`Engine` with scorers and embedders mapped over the rows missing from the cache on a Ray cluster."""
-
-    def __init__(self, recipe, host, **kwargs):
+    def __init__(self, recipe):
         self.ray = import_ray()  # before any work: without ray the run fails at once, saying how to install it
-        super().__init__(recipe, host, **kwargs)
+        super().__init__(recipe)
         self.config = recipe.model.engine
-        self.embeddings = _RayEmbeddingStore(self.cache.root, self.cache.enabled, self)
-        self._step = None  # the step running now: its [engine.steps.<id>] settings apply
         self._started = False  # dqf started the cluster (and shuts it down after the run)
         self._connected = False
         self._maps: list[dict] = []
         self._reads: dict | None = None  # set when the input was read by Ray tasks
         self._cluster: dict[str, float] = {}
 
-    def run(self):
-        try:
-            return super().run()
-        finally:
-            if self._started:
-                self.ray.shutdown()
+    def close(self):
+        if self._started:
+            self.ray.shutdown()
+            self._started = self._connected = False
 
     def _connect(self) -> None:
         """Join (or start) the cluster on first use: a rerun whose work is all cached needs none."""
@@ -279,12 +253,13 @@ class RayEngine(Engine):
         self._connected = True
 
     # -- input: shards read in parallel, merged on the driver in file order
-    def _read_input(self, inp, advance):
-        from .readers import display_path, input_files, merge_parts
+    def read_input(self, limit, advance):
+        from dqf.io.readers import display_path, input_files, merge_parts
 
+        inp = self.recipe.model.input
         files = input_files(self.recipe.input_path)
-        if len(files) < 2 or self.limit is not None or self.config.read == "driver":
-            return super()._read_input(inp, advance)  # one file, or a --limit that must stop in file order
+        if len(files) < 2 or limit is not None or self.config.read == "driver":
+            return super().read_input(limit, advance)  # one file, or a --limit that must stop in file order
         self._connect()
         task = self.ray.remote(read_shard).options(num_cpus=1)
         fields = dict(inp.fields) if inp.fields else None
@@ -301,20 +276,11 @@ class RayEngine(Engine):
         self._reads = {"files": len(files), "tasks": len(refs)}
         return merge_parts([parts[r] for r in refs], self.recipe.input_path)
 
-    # -- which step is running: its [engine.steps.<id>] settings apply to what it sends to the cluster
-    def _run_scorer(self, step, sub):
-        self._step = step
-        return super()._run_scorer(step, sub)
-
-    def _context(self, step, table, results):
-        self._step = step  # selectors and probes: their embeddings and context.score() calls
-        return super()._context(step, table, results)
-
-    def worker_options(self, plugin: Plugin) -> WorkerConfig:
+    def worker_options(self, plugin: Plugin, step_id: str | None) -> WorkerConfig:
         """Engine defaults, then ``[engine.plugins.<name>]``, then ``[engine.steps.<id>]``: keys set later win."""
         cfg = self.config
         merged = {f: getattr(cfg, f) for f in WorkerConfig.model_fields}
-        step_cfg = cfg.steps.get(self._step.id) if self._step is not None else None
+        step_cfg = cfg.steps.get(step_id) if step_id is not None else None
         for layer in (cfg.plugins.get(plugin.name), step_cfg):
             if layer is not None:
                 merged.update({f: getattr(layer, f) for f in layer.model_fields_set})
@@ -325,34 +291,35 @@ class RayEngine(Engine):
             kind=plugin.kind, name=plugin.name,
             options=plugin.options.model_dump(mode="python", by_alias=True),
             local_modules=tuple(str((self.recipe.base_dir / p).resolve()) for p in self.recipe.model.plugins),
-            recipe_dir=str(self.recipe.base_dir.resolve()), cache_dir=str(Path(self.cache.root).resolve()),
+            # the workspace the driver bound: workers resolve models and convert GGUF files as it does
+            recipe_dir=str(plugin.workspace.base_dir), cache_dir=str(Path(plugin.workspace.cache_dir).resolve()),
             key=plugin.cache_key(), describe=plugin.describe(), label=label)
 
-    # -- the two seams -----------------------------------------------------------------------------
-    def _scored_batches(self, scorer, todo, batch_size, view, derived, *, key, label):
+    # -- scoring and embedding -----------------------------------------------------------------------
+    def score_batches(self, scorer, todo, *, batch_size, view, derive, key, label, step_id):
         import polars as pl
 
-        if derived:  # derived columns come from the raw records, which stay on the driver
-            todo = todo.with_columns(self._derived(derived, todo["_raw"]))
+        if derive is not None:  # derived columns come from the raw records, which stay on the driver
+            todo = derive(todo)
         keep = list(dict.fromkeys(["id", key]))
         frame = todo.select(*dict.fromkeys([*keep, *view]))  # only the columns the scorer reads travel
         spec = self._spec(scorer, label)
         for block in self._map(scorer, spec, frame, batch_size, batch_size, score_batch,
-                               {"view": view, "keep": keep}, "pyarrow"):
+                               {"view": view, "keep": keep}, "pyarrow", step_id):
             result = pl.from_arrow(block)
             for piece in result.iter_slices(batch_size):  # one cache shard per batch, as the local engine writes
                 yield piece.select(keep), piece.drop(keep)
 
-    def _embed_missing(self, embedder, texts, advance) -> Iterator[tuple[Any, Any]]:
+    def embed_missing(self, embedder, texts, advance, *, label, step_id) -> Iterator[tuple[Any, Any]]:
         import numpy as np
         import polars as pl
 
-        label = f"{self._step.id}: embed ({embedder.name})" if self._step is not None else f"embed ({embedder.name})"
         frame = pl.DataFrame({"pos": np.arange(len(texts), dtype=np.int64), "text": texts},
                              schema={"pos": pl.Int64, "text": pl.String})
         spec = self._spec(embedder, label)
         # Blocks of SHARD_TEXTS texts, batched from their start: the same embed() calls as the local engine makes.
-        for block in self._map(embedder, spec, frame, embedder.batch_size, SHARD_TEXTS, embed_batch, {}, "numpy"):
+        for block in self._map(embedder, spec, frame, embedder.batch_size, SHARD_TEXTS, embed_batch, {}, "numpy",
+                               step_id):
             pos = np.asarray(block["pos"], dtype=np.int64)
             vecs = np.asarray(block["vec"], dtype=np.float32)
             for start in range(0, len(pos), SHARD_TEXTS):
@@ -362,12 +329,12 @@ class RayEngine(Engine):
 
     # -- Ray Data --------------------------------------------------------------------------------
     def _map(self, plugin: Plugin, spec: WorkerSpec, frame, batch_size: int, block_rows: int, fn: Callable,
-             fn_kwargs: dict, batch_format: str) -> Iterator[Any]:
+             fn_kwargs: dict, batch_format: str, step_id: str | None) -> Iterator[Any]:
         """Run ``fn`` over ``frame`` on the cluster, ``batch_size`` rows per call; yield result blocks as they arrive."""
         import ray.data as rd
 
         self._connect()
-        opts = self.worker_options(plugin)
+        opts = self.worker_options(plugin, step_id)
         n = frame.height
         # Blocks hold whole batches, so every call sees the rows the local engine would hand it.
         per_block = block_rows * max(1, math.ceil(math.ceil(n / block_rows) / MAX_BLOCKS))
@@ -391,7 +358,7 @@ class RayEngine(Engine):
             size = min(opts.concurrency, len(blocks)) if opts.concurrency else None
             ds = ds.map_batches(fn, fn_kwargs={"spec": spec, **fn_kwargs}, batch_size=batch_size,
                                 batch_format=batch_format, compute=rd.TaskPoolStrategy(size=size), **resources)
-        self._maps.append({"step": self._step.id if self._step is not None else None, "plugin": plugin.name,
+        self._maps.append({"step": step_id, "plugin": plugin.name,
                            "compute": "actors" if actors else "tasks", "concurrency": size, "rows": n,
                            **({"num_gpus": opts.num_gpus} if opts.num_gpus else {}),
                            **({"num_cpus": opts.num_cpus} if opts.num_cpus is not None else {})})
@@ -416,6 +383,6 @@ class RayEngine(Engine):
             raise DqfError(f"{label}: asks for num_gpus = {num_gpus} per worker, but the Ray cluster has "
                            f"{have:g} GPU(s)")
 
-    def _engine_record(self) -> dict:
+    def record(self) -> dict:
         return {"kind": "ray", "address": self.config.address, "ray_version": getattr(self.ray, "__version__", None),
                 "cluster": self._cluster, "read": self._reads or {"on": "driver"}, "maps": self._maps}

@@ -1,17 +1,28 @@
-"""Nearest-neighbour helpers shared by the knn-distance, dedup and deita-repr contrib plugins.
+"""Nearest-neighbour search and greedy diversity walks over embeddings: exact below a size, HNSW above.
 
 Exact search (chunked matrix products in numpy) below a size, hnswlib HNSW above. numpy and
-hnswlib are imported inside the functions so entry-point modules stay light.
+hnswlib are imported inside the functions. Used by the knn-distance, dedup and deita-repr
+plugins and by ``dqf compare``'s coverage measures.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from dqf import PluginSpec, missing_dependency
+from dqf.errors import missing_dependency
+from dqf.plugin import PluginSpec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Rows per block of the chunked exact search and of the incremental greedy walks.
 CHUNK = 1024
+#: In :func:`nearest_selected`, pool rows x selected rows at or below which nearest neighbours are found exactly; HNSW above.
+#: Exact costs about 1.5 s per 1e8 pairs at 384 dimensions on 2 CPU cores (52k x 9k: 7 s), no slower
+#: than building and querying an index at that size, so the index only pays off beyond ~1e9.
+EXACT_MAX_PAIRS = 1_000_000_000
+# Keeps each (rows x selected) block of the exact nearest-selected search near 64 MiB of float32.
+_BLOCK_BYTES = 64 << 20
 
 
 def require_hnswlib():
@@ -102,6 +113,66 @@ def _hnsw_knn(X, k, metric, ef, M, ef_construction, seed):
     else:
         dist = np.clip(dist, 0.0, 2.0)
     return idx, dist
+
+
+def nearest_selected(X, selected, *, exact_below: int = EXACT_MAX_PAIRS, seed: int = 0) -> tuple["np.ndarray", str]:
+    """Euclidean distance from every row of ``X`` to its nearest row among ``selected``; and the method used.
+
+    The search (which selected row is nearest) runs in float32, exactly by chunked matrix
+    products while ``len(X) * len(selected) <= exact_below``, else with an HNSW index over the
+    selected rows. The distance to the row found is then recomputed directly in float64, so
+    the expanded-square rounding never shows in the numbers, and a selected row's own
+    distance is exactly 0. HNSW may return a neighbour that is not the nearest, which can
+    only overstate a distance.
+    """
+    import numpy as np
+
+    X = np.asarray(X, dtype=np.float32)
+    sel = np.unique(np.asarray(selected, dtype=np.int64))
+    n = X.shape[0]
+    if not sel.size:
+        raise ValueError("nearest_selected: the selection is empty")
+    if n * sel.size <= exact_below:
+        nearest, method = _exact_argmin(X, sel), "exact"
+    else:
+        nearest, method = _hnsw_argmin(X, sel, seed), "hnsw"
+    dist = np.empty(n, dtype=np.float64)
+    step = max(1, _BLOCK_BYTES // (16 * X.shape[1]))  # two float64 blocks at a time, not two copies of X
+    for s in range(0, n, step):
+        diff = X[s:s + step].astype(np.float64) - X[sel[nearest[s:s + step]]].astype(np.float64)
+        dist[s:s + step] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    dist[sel] = 0.0
+    return dist, method
+
+
+def _exact_argmin(X, sel):
+    import numpy as np
+
+    # Centring removes the component embeddings share, which is most of float32's cancellation error.
+    mu = X.mean(axis=0, dtype=np.float64).astype(np.float32)
+    C = X[sel] - mu
+    sqc = np.einsum("ij,ij->i", C, C)
+    rows = max(1, _BLOCK_BYTES // (4 * max(1, C.shape[0])))
+    out = np.empty(X.shape[0], dtype=np.int64)
+    for s in range(0, X.shape[0], rows):
+        xb = X[s:s + rows] - mu
+        g = xb @ C.T
+        g *= -2
+        g += sqc[None, :]  # |x|^2 is the same for every centre, so the argmin does not need it
+        out[s:s + rows] = g.argmin(axis=1)
+    return out
+
+
+def _hnsw_argmin(X, sel, seed: int):
+    import numpy as np
+
+    hnswlib = require_hnswlib()
+    index = hnswlib.Index(space="l2", dim=X.shape[1])
+    index.init_index(max_elements=sel.size, ef_construction=200, M=16, random_seed=seed)
+    index.add_items(X[sel], np.arange(sel.size))
+    index.set_ef(128)
+    labels, _ = index.knn_query(X, k=1)
+    return labels[:, 0].astype(np.int64)
 
 
 def greedy_diverse(X, order: Sequence[int], max_sim: float, *, inclusive: bool, limit: Optional[int] = None,

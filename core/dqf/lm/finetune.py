@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .errors import DqfError
+from dqf.errors import DqfError
+from dqf.store.atomic import atomic_dir
 
 IGNORE_INDEX = -100
 
@@ -80,7 +79,7 @@ def training_examples(tokenizer, rows: Iterable[Sequence[str]], *, template: str
     (:func:`dqf.response_ids`, end marker included), cut at ``max_length``; a row whose answer
     is cut off entirely is dropped.
     """
-    from .generate import prompt_ids, response_ids
+    from dqf.lm.generate import prompt_ids, response_ids
 
     examples, dropped = [], 0
     for instruction, input_, output in rows:
@@ -254,24 +253,15 @@ def save_trained(model, target: Path, meta: dict) -> None:
     """
     import json
 
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)  # a PeftModel saves only its adapter weights and config
-    (tmp / "train.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    if target.exists():  # an incomplete folder left by a killed run
-        shutil.rmtree(target)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished the same training first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(target, replace=True) as tmp:  # replace: a folder without train.json is incomplete
+        model.save_pretrained(tmp)  # a PeftModel saves only its adapter weights and config
+        (tmp / "train.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
 
 
 def merged_for_inference(model, method: str, dtype=None):
     """The trained model ready to generate: LoRA adapters merged into the base weights (no per-layer overhead),
     and on the CPU its Linear layers swapped for oneDNN ones (:func:`dqf.onednn_linears`); inference only."""
-    from .onednn import onednn_linears
+    from dqf.lm.onednn import onednn_linears
 
     if method == "lora":
         model = model.merge_and_unload()

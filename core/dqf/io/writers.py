@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_open, atomic_path
-from .rows import _content_text
+from dqf.store.atomic import atomic_open, atomic_path
+from dqf.io.rows import _content_text
 
 OUTPUT_FORMATS = {"jsonl": "jsonl", "json": "json", "parquet": "parquet", "sharegpt": "json"}
 

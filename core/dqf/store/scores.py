@@ -1,35 +1,24 @@
-"""On-disk score cache: per-plugin-configuration shards of (row id -> columns), written atomically per batch."""
+"""The score cache: per-plugin-configuration shards of (row id -> columns), written atomically per batch."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .atomic import atomic_open, sweep_temporaries, write_parquet
+from dqf.store.atomic import atomic_open, sweep_temporaries, write_parquet
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from .plugin import Plugin
+    from dqf.plugin import Plugin
 
 
 #: An entry with more shards than this is merged into one after a step that wrote to it (see CacheEntry.compact).
 COMPACT_ABOVE = 64
 #: Merged shards' names start with this, so they sort before the per-batch (uuid-named) ones and win ties.
 _MERGED_PREFIX = "0000-merged-"
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("DQF_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "dqf"
 
 
 class CacheEntry:
@@ -115,29 +104,3 @@ class CacheEntry:
             with atomic_open(meta) as fh:
                 json.dump(self.plugin.describe(), fh, indent=2, default=str)
         write_parquet(frame, self.dir / f"{uuid.uuid4().hex}.parquet")
-
-
-class ScoreCache:
-    def __init__(self, root: Path | None = None, enabled: bool = True):
-        self.root = Path(root) if root is not None else default_cache_dir()
-        self.enabled = enabled
-
-    def entry(self, plugin: "Plugin", upstream: str = "") -> CacheEntry:
-        """The entry for ``plugin``; ``upstream`` identifies the producers of the columns it reads."""
-        key = plugin.cache_key()
-        if upstream:
-            key = hashlib.blake2b(f"{key}|{upstream}".encode(), digest_size=12).hexdigest()
-        return CacheEntry(self.root / "scores" / plugin.name / key, plugin, self.enabled)
-
-    #: What dqf keeps under its cache root; `clear` deletes these and nothing else it finds there.
-    PARTS = ("scores", "embeddings", "artifacts", "models")
-
-    def clear(self) -> int:
-        """Delete every cached entry; returns the number of bytes freed."""
-        size = 0
-        for part in self.PARTS:
-            d = self.root / part
-            if d.exists():
-                size += sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
-                shutil.rmtree(d)
-        return size

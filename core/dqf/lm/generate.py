@@ -1,28 +1,12 @@
-"""Prompt formatting (Alpaca or chat template) and batched, left-padded, deterministic generation with a causal LM.
-
-Public through ``dqf``: :func:`prepare_tokenizer`, :func:`prompt_text`, :func:`prompt_ids`,
-:func:`response_ids`, :func:`truncate_left`, :func:`generate_answers`, and the Alpaca prompt
-strings ``ALPACA_PROMPT_INPUT`` / ``ALPACA_PROMPT_NO_INPUT``.
-"""
+"""Batched, left-padded, deterministic generation with a causal LM, and the prompt and answer token ids it uses."""
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from .batching import collate, length_batches
-from .errors import DqfError
-
-#: The Stanford Alpaca prompts, which MoDS trains and generates with.
-ALPACA_PROMPT_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
-)
-ALPACA_PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:"
-)
+from dqf.lm.batching import collate, length_batches
+from dqf.errors import DqfError
+from dqf.lm.prompts import alpaca_prompt, chat_answer, chat_prompt
 
 
 def prepare_tokenizer(tokenizer) -> None:
@@ -34,21 +18,11 @@ def prepare_tokenizer(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def _question(instruction: str, input_: str) -> str:
-    return f"{instruction}\n{input_}" if input_ else instruction
-
-
 def prompt_text(tokenizer, instruction: str, input_: str, template: str) -> str:
-    """The text the model sees before its answer."""
+    """The text the model sees before its answer: the Alpaca prompt, or the question in the chat template."""
     if template == "alpaca":
-        if input_:
-            return ALPACA_PROMPT_INPUT.format(instruction=instruction, input=input_)
-        return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
-    if not getattr(tokenizer, "chat_template", None):
-        raise DqfError("prompt_template = 'chat' needs a tokenizer with a chat template; this one has none "
-                       "(use prompt_template = 'alpaca')")
-    return tokenizer.apply_chat_template([{"role": "user", "content": _question(instruction, input_)}],
-                                         add_generation_prompt=True, tokenize=False)
+        return alpaca_prompt(instruction, input_)
+    return chat_prompt(tokenizer, instruction, input_)
 
 
 def prompt_ids(tokenizer, instruction: str, input_: str, template: str) -> list[int]:
@@ -60,12 +34,10 @@ def prompt_ids(tokenizer, instruction: str, input_: str, template: str) -> list[
 def response_ids(tokenizer, instruction: str, input_: str, output: str, template: str, eos_id: int) -> list[int]:
     """Token ids of the answer as the model should produce it, end-of-turn marker included."""
     if template == "chat":
-        messages = [{"role": "user", "content": _question(instruction, input_)}]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": output}], tokenize=False)
-        if full.startswith(prompt):
+        rest = chat_answer(tokenizer, instruction, input_, output)
+        if rest is not None:
             # What the template writes after the answer (e.g. <|im_end|>) is what generation must learn to stop at.
-            return tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+            return tokenizer(rest, add_special_tokens=False)["input_ids"]
     return tokenizer(output, add_special_tokens=False)["input_ids"] + [eos_id]
 
 

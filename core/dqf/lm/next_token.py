@@ -1,19 +1,20 @@
-"""Next-token distributions of a causal LM over a prompt, batched: shared by the ask-llm and deita scorers.
+"""Next-token probabilities of a causal LM after a prompt, batched: scorers that read a few answer tokens.
 
-Both score a row by the model's probabilities for a few answer tokens at the first position
-after a prompt. Prompts are length-sorted (:func:`dqf.length_batches`) and left-padded
-(:func:`dqf.collate` ``side="left"``) so every prompt ends at the last position; position ids
+Ask-LLM, DEITA and an LLM judge's expected score all score a row by the model's probabilities
+for a few answer tokens at the first position after a prompt. Prompts are length-sorted (:func:`dqf.lm.length_batches`) and left-padded
+(:func:`dqf.lm.collate` ``side="left"``) so every prompt ends at the last position; position ids
 are counted from each row's first real token, so a row's numbers do not depend on its batch.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from dqf import DqfError, collate, length_batches
+from dqf.errors import DqfError
+from dqf.lm.batching import MAX_PADDING, collate, length_batches, pad_token_id
 
-#: Most padding a forward pass may carry, as a fraction of its real tokens.
-MAX_PADDING = 0.25
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def answer_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
@@ -27,14 +28,29 @@ def answer_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
     return ids
 
 
+def single_token_ids(tokenizer, tokens: Sequence[str]) -> list[int]:
+    """The id of each of ``tokens`` (e.g. the digits "1".."6") as a token of its own; a DqfError naming the first
+    one the tokenizer cannot write as one token."""
+    ids = []
+    for t in tokens:
+        tid = tokenizer.convert_tokens_to_ids(t)
+        if tid is None or tid == tokenizer.unk_token_id:
+            enc = list(tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"])
+            # the last piece of the encoding, when it is the token alone (e.g. after a word-start marker)
+            tid = enc[-1] if enc and tokenizer.decode(enc[-1:]).strip() == t else None
+        if tid is None or tid == tokenizer.unk_token_id:
+            raise DqfError(f"the tokenizer has no single token for {t!r}")
+        ids.append(int(tid))
+    return ids
+
+
 def next_token_logprobs(model, tokenizer, prompts: Sequence[Sequence[int]], token_sets: Sequence[Sequence[int]],
                         *, batch_size: int, device) -> "np.ndarray":
     """``out[i, j]`` = log of the total probability of ``token_sets[j]`` as the next token after ``prompts[i]``."""
     import numpy as np
     import torch
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pad_id = 0 if pad_id is None else pad_id
+    pad_id = pad_token_id(tokenizer)
     out = np.full((len(prompts), len(token_sets)), np.nan, dtype=np.float64)
     todo = [i for i, p in enumerate(prompts) if len(p) > 0]
     sets = [torch.as_tensor(list(s), dtype=torch.long) for s in token_sets]

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .errors import DataError
-from .rows import BadRow, canonicalize, conversation
+from dqf.errors import DataError
+from dqf.io.rows import BadRow, canonicalize, conversation
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 #: Unique rows gathered as Python objects before they are turned into columns (bounds the reader's memory).

@@ -1,0 +1,42 @@
+"""dqf.lm: the public language-model toolkit for plugins: find and load models, prompts, batching, losses,
+next-token probabilities, generation, fine-tuning and CPU speed-ups.
+
+Importing it loads no model library: torch and transformers are imported by the functions that need them.
+"""
+
+from __future__ import annotations
+
+from dqf.lm.batching import MAX_PADDING, collate, length_batches, pad_token_id
+from dqf.lm.finetune import (TrainConfig, TrainExample, TrainResult, add_lora, load_adapter, merged_for_inference,
+                             response_loss, save_trained, train_causal_lm, training_example, training_examples)
+from dqf.lm.generate import generate_answers, prepare_tokenizer, prompt_ids, prompt_text, response_ids, truncate_left
+from dqf.lm.losses import answer_losses
+from dqf.lm.models import (ModelMixin, ModelRef, effective_max_length, load_model, load_tokenizer, one_line,
+                           pick_device, pick_dtype, resolve_model)
+from dqf.lm.next_token import answer_token_ids, fit_prompt, next_token_logprobs, single_token_ids
+from dqf.lm.onednn import onednn_linears
+from dqf.lm.prompts import (ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, alpaca_prompt, chat_answer, chat_prompt, encode,
+                            plain_prompt, question)
+from dqf.lm.quantize import quantize_int8
+from dqf.lm.scorer import CausalLMOptions, CausalLMScorer, ModelScorer
+
+__all__ = [
+    # models
+    "ModelRef", "ModelMixin", "resolve_model", "load_model", "load_tokenizer", "pick_device", "pick_dtype",
+    "effective_max_length", "one_line",
+    # scorers over a model
+    "ModelScorer", "CausalLMScorer", "CausalLMOptions",
+    # prompts
+    "question", "alpaca_prompt", "plain_prompt", "chat_prompt", "chat_answer", "encode",
+    "ALPACA_PROMPT_INPUT", "ALPACA_PROMPT_NO_INPUT",
+    # batching, losses, next-token probabilities
+    "length_batches", "collate", "pad_token_id", "MAX_PADDING", "answer_losses",
+    "next_token_logprobs", "answer_token_ids", "single_token_ids", "fit_prompt",
+    # generation
+    "prepare_tokenizer", "prompt_text", "prompt_ids", "response_ids", "truncate_left", "generate_answers",
+    # fine-tuning
+    "TrainConfig", "TrainExample", "TrainResult", "training_example", "training_examples", "add_lora",
+    "train_causal_lm", "response_loss", "save_trained", "load_adapter", "merged_for_inference",
+    # CPU speed-ups
+    "quantize_int8", "onednn_linears",
+]

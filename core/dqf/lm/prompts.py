@@ -1,0 +1,78 @@
+"""The prompt texts every model-aware step shares: the MoDS question, the Alpaca prompts, chat-template turns."""
+
+from __future__ import annotations
+
+from dqf.errors import DqfError
+
+#: The Stanford Alpaca prompts, which MoDS trains and generates with.
+ALPACA_PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+#: Between instruction and input in the MoDS question (and in ``row_texts(rows, "prompt")``).
+QUESTION_SEPARATOR = "\n"
+
+
+def question(instruction: str, input_: str) -> str:
+    """The MoDS question of a row: the instruction, then a newline and the input when the input is non-empty."""
+    return f"{instruction}{QUESTION_SEPARATOR}{input_}" if input_ else instruction
+
+
+def question_expr():
+    """:func:`question` as a polars expression over the ``instruction`` and ``input`` columns."""
+    import polars as pl
+
+    return (pl.when(pl.col("input").str.len_chars() > 0)
+            .then(pl.concat_str([pl.col("instruction"), pl.col("input")], separator=QUESTION_SEPARATOR))
+            .otherwise(pl.col("instruction")))
+
+
+def alpaca_prompt(instruction: str, input_: str) -> str:
+    """The Alpaca prompt of a row, ending in ``### Response:``."""
+    if input_:
+        return ALPACA_PROMPT_INPUT.format(instruction=instruction, input=input_)
+    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def plain_prompt(instruction: str, input_: str) -> str:
+    """Superfiltering's prompt: ``"{instruction}\\n{input}\\n"``, or ``"{instruction}\\n"`` with no input."""
+    return f"{instruction}\n{input_}\n" if input_ else f"{instruction}\n"
+
+
+def encode(tokenizer, text: str, *, special: bool) -> list[int]:
+    """Token ids of ``text``, with the tokenizer's special tokens (a BOS, ...) when ``special``."""
+    return list(tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
+
+
+def _user_turn(tokenizer, instruction: str, input_: str, option: str, instead: str) -> list[dict]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise DqfError(f"{option} = 'chat' needs a tokenizer with a chat template; this one has none "
+                       f"(use {option} = {instead})")
+    return [{"role": "user", "content": question(instruction, input_)}]
+
+
+def chat_prompt(tokenizer, instruction: str, input_: str, *, option: str = "prompt_template",
+                instead: str = "'alpaca'") -> str:
+    """The question as a user turn in the tokenizer's chat template, with the assistant's generation prompt.
+
+    ``option`` and ``instead`` name the plugin option that chose the chat template and its other
+    values, for the error when the tokenizer has no template.
+    """
+    messages = _user_turn(tokenizer, instruction, input_, option, instead)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def chat_answer(tokenizer, instruction: str, input_: str, output: str, *, option: str = "prompt_template",
+                instead: str = "'alpaca'") -> str | None:
+    """What the chat template writes after :func:`chat_prompt` for the answer ``output`` (end-of-turn marker
+    included), or ``None`` when the template's text with the answer does not start with the prompt."""
+    messages = _user_turn(tokenizer, instruction, input_, option, instead)
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": output}], tokenize=False)
+    return full[len(prompt):] if full.startswith(prompt) else None
