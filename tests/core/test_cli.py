@@ -41,15 +41,18 @@ def assert_one_line_error(proc, *fragments):
     return lines[0]
 
 
+pytestmark = pytest.mark.usefixtures("words_module")  # POOL_RECIPE names it: plugins = ["words.py"]
+
 POOL_RECIPE = """
 name = "cli"
+plugins = ["words.py"]
 [input]
 path = "pool.jsonl"
 [output]
 dir = "out"
 [[steps]]
 id = "quality"
-score = { plugin = "heuristic" }
+score = { plugin = "words" }
 [[steps]]
 id = "top"
 select = { plugin = "top-k", column = "output_words", k = 5 }
@@ -123,7 +126,7 @@ def test_run_with_limit_and_cache_dir(tmp_path, write_jsonl, write_recipe, alpac
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["counts"]["rows_read"] == 12 and manifest["input"]["limit"] == 12
     assert manifest["cache"]["dir"] == str(cache)
-    assert list((cache / "scores" / "heuristic").rglob("*.parquet"))
+    assert list((cache / "scores" / "words").rglob("*.parquet"))
 
 
 def test_run_rejects_bad_limit(tmp_path, write_jsonl, write_recipe, alpaca_rows):

@@ -10,9 +10,11 @@ import pytest
 
 import dqf
 from dqf import RecipeError
+from words_plugin import PATH as WORDS
 
-HEADER = """\
+HEADER = f"""\
 name = "t"
+plugins = ["{WORDS}"]
 
 [input]
 path = "pool.jsonl"
@@ -39,7 +41,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "a"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             """,
             header='colour = "blue"\n' + HEADER,
         ),
@@ -51,8 +53,8 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "a"
-            score = { plugin = "heuristic" }
-            wher = "heuristic_ok"
+            score = { plugin = "words" }
+            wher = "words_ok"
             """
         ),
         [("steps[0].wher", "unknown key")],
@@ -68,7 +70,7 @@ BAD_RECIPES = [
 
             [[steps]]
             id = "a"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             """
         ),
         [("input", "required key is missing")],
@@ -84,7 +86,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "a"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             select = { plugin = "random", k = 3 }
             """
         ),
@@ -117,11 +119,11 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "a"
-            score = { plugin = "heurstic" }
+            score = { plugin = "wrods" }
             """
         ),
-        [("steps[0].score.plugin", "unknown scorer 'heurstic'"),
-         ("steps[0].score.plugin", "did you mean 'heuristic'?"),
+        [("steps[0].score.plugin", "unknown scorer 'wrods'"),
+         ("steps[0].score.plugin", "did you mean 'words'?"),
          ("steps[0].score.plugin", "available scorers: ")],
     ),
     (
@@ -141,7 +143,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "quality"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
 
             [[steps]]
             id = "top"
@@ -156,7 +158,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "quality"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
 
             [[steps]]
             id = "top"
@@ -171,7 +173,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "quality"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
 
             [[steps]]
             id = "cut"
@@ -186,7 +188,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "quality"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
 
             [[steps]]
             id = "top"
@@ -202,7 +204,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "quality"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             """,
             header=HEADER.replace('dir = "out"', 'dir = "out"\nselect = ["quality", "nope"]'),
         ),
@@ -214,7 +216,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "a"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
 
             [[steps]]
             id = "a"
@@ -229,7 +231,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "two words"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             """
         ),
         [("steps[0].id", "'two words' is not a valid step id")],
@@ -240,7 +242,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "input"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             """
         ),
         [("steps[0].id", "'input' is reserved")],
@@ -252,7 +254,7 @@ BAD_RECIPES = [
             [[steps]]
             id = "a"
             from = "b"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
 
             [[steps]]
             id = "b"
@@ -268,7 +270,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "quality"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             where = "output_words >"
             """
         ),
@@ -280,7 +282,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "quality"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             where = "perplexity < 10"
             """
         ),
@@ -293,14 +295,14 @@ BAD_RECIPES = [
             [[steps]]
             id = "sample"
             select = { plugin = "random", k = 3 }
-            where = "heuristic_ok"
+            where = "words_ok"
 
             [[steps]]
             id = "quality"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             """
         ),
-        [("steps[0].where", "column 'heuristic_ok' is not produced")],
+        [("steps[0].where", "column 'words_ok' is not produced")],
     ),
     (
         "selector-column-from-sibling-branch",
@@ -308,7 +310,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "quality"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
 
             [[steps]]
             id = "sample"
@@ -328,14 +330,14 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "a"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
 
             [[steps]]
             id = "b"
-            score = { plugin = "heuristic", min_output_words = 3 }
+            score = { plugin = "words", min_words = 3 }
             """
         ),
-        [("steps[1].score", "column 'heuristic_ok' is also produced by step 'a'")],
+        [("steps[1].score", "column 'words_ok' is also produced by step 'a'")],
     ),
     (
         "batch-size-zero",
@@ -343,7 +345,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "a"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             batch_size = 0
             """
         ),
@@ -355,7 +357,7 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "a"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             """,
             header=HEADER.replace('path = "pool.jsonl"', 'path = "pool.jsonl"\nformat = "csv"'),
         ),
@@ -367,11 +369,11 @@ BAD_RECIPES = [
             """
             [[steps]]
             id = "a"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
             """,
-            header='plugins = ["./nowhere.py"]\n' + HEADER,
+            header=HEADER.replace(f'plugins = ["{WORDS}"]', f'plugins = ["{WORDS}", "./nowhere.py"]'),
         ),
-        [("plugins[0]", "local plugin module not found: ./nowhere.py")],
+        [("plugins[1]", "local plugin module not found: ./nowhere.py")],
     ),
 ]
 
@@ -412,7 +414,7 @@ def test_every_problem_is_reported_at_once(write_recipe):
             """
             [[steps]]
             id = "a"
-            score = { plugin = "heurstic" }
+            score = { plugin = "wrods" }
 
             [[steps]]
             id = "b"
@@ -428,7 +430,7 @@ def test_every_problem_is_reported_at_once(write_recipe):
     with pytest.raises(RecipeError) as info:
         dqf.load_recipe(path)
     text = str(info.value)
-    assert f"{path}: steps[0].score.plugin: unknown scorer 'heurstic'" in text
+    assert f"{path}: steps[0].score.plugin: unknown scorer 'wrods'" in text
     assert f"{path}: steps[1].select.kk: unknown key" in text
     assert f"{path}: steps[2].from: no step with id 'zzz'" in text
 
@@ -443,8 +445,8 @@ GOOD = recipe_text(
     [[steps]]
     id = "quality"
     from = "input"
-    score = { plugin = "heuristic" }
-    where = "heuristic_ok and output_words >= 3"
+    score = { plugin = "words" }
+    where = "words_ok and output_words >= 3"
 
     [[steps]]
     id = "sample"
@@ -460,16 +462,16 @@ def test_good_recipe_validates_in_execution_order(write_recipe):
     assert [s.id for s in recipe.steps] == ["quality", "top", "sample"]
     assert [s.id for s in recipe.steps_in_file_order] == ["top", "quality", "sample"]
     by_id = {s.id: s for s in recipe.steps}
-    assert by_id["quality"].kind == "score" and by_id["quality"].plugin.name == "heuristic"
+    assert by_id["quality"].kind == "score" and by_id["quality"].plugin.name == "words"
     assert by_id["top"].plugin.options.k == 5
-    assert "heuristic_ok" in by_id["quality"].columns
+    assert "words_ok" in by_id["quality"].columns
     assert by_id["top"].columns == {}
     # `from` defaults to the previous step in the file.
     assert by_id["sample"].source == "quality"
     assert by_id["top"].source == "quality"
     assert by_id["quality"].source == "input"
     assert recipe.output_steps == ["sample"]
-    assert host.get("scorer", "heuristic").cls is type(by_id["quality"].plugin)
+    assert host.get("scorer", "words").cls is type(by_id["quality"].plugin)
     assert dqf.validate(path).name == "t"
 
 
@@ -479,7 +481,7 @@ def test_from_defaults_to_previous_step_and_first_to_input(write_recipe):
             """
             [[steps]]
             id = "q"
-            score = { plugin = "heuristic" }
+            score = { plugin = "words" }
 
             [[steps]]
             id = "t"
@@ -498,7 +500,7 @@ def test_from_defaults_to_previous_step_and_first_to_input(write_recipe):
 
 def test_paths_resolve_relative_to_recipe_file(write_recipe, tmp_path):
     (tmp_path / "sub").mkdir()
-    path = write_recipe(recipe_text('[[steps]]\nid = "q"\nscore = { plugin = "heuristic" }\n'), name="sub/r.toml")
+    path = write_recipe(recipe_text('[[steps]]\nid = "q"\nscore = { plugin = "words" }\n'), name="sub/r.toml")
     recipe = dqf.validate(path)
     assert recipe.input_path == tmp_path / "sub" / "pool.jsonl"
     assert recipe.output_dir == tmp_path / "sub" / "out"
@@ -549,7 +551,7 @@ def test_cli_validate_bad_recipe_prints_one_line_per_error(write_recipe, tmp_pat
             """
             [[steps]]
             id = "quality"
-            score = { plugin = "heurstic" }
+            score = { plugin = "wrods" }
 
             [[steps]]
             id = "top"
@@ -563,7 +565,7 @@ def test_cli_validate_bad_recipe_prints_one_line_per_error(write_recipe, tmp_pat
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2, proc.stderr
     assert all(line.startswith(f"dqf: error: {path}: ") for line in lines), proc.stderr
-    assert lines[0].startswith(f"dqf: error: {path}: steps[0].score.plugin: unknown scorer 'heurstic'")
+    assert lines[0].startswith(f"dqf: error: {path}: steps[0].score.plugin: unknown scorer 'wrods'")
     assert lines[1] == f"dqf: error: {path}: steps[1].select.kk: unknown key"
     assert proc.stdout == ""
 
@@ -581,5 +583,5 @@ def test_cli_validate_good_recipe(write_recipe, tmp_path):
     proc = _dqf("validate", str(path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "OK: 3 steps" in proc.stdout
-    assert "quality (score heuristic) -> top (select top-k) -> sample (select random)" in proc.stdout
+    assert "quality (score words) -> top (select top-k) -> sample (select random)" in proc.stdout
     assert "Traceback" not in proc.stderr

@@ -12,11 +12,15 @@ import dqf
 from dqf import DqfError
 from dqf.io.rows import row_id
 
-REPO = Path(__file__).resolve().parents[2]
+#: Their recipes name the `words` scorer as a local module: plugins = ["words.py"].
+pytestmark = pytest.mark.usefixtures("words_module")
+
+REPO = Path(__file__).resolve().parents[3]
 QUICKSTART = REPO / "recipes" / "quickstart.toml"
 
 RECIPE = """
 name = "accounting"
+plugins = ["words.py"]
 seed = 3
 
 [input]
@@ -29,7 +33,7 @@ format = "{fmt}"
 
 [[steps]]
 id = "quality"
-score = {{ plugin = "heuristic" }}
+score = {{ plugin = "words" }}
 where = "output_words >= 7"
 
 [[steps]]
@@ -158,6 +162,7 @@ def test_every_dropped_row_has_step_and_reason(tmp_path, write_recipe, pool):
 def test_where_on_a_selector_step_records_that_step(tmp_path, write_recipe, pool):
     recipe = write_recipe("""
         name = "where-select"
+        plugins = ["words.py"]
         [input]
         path = "pool.jsonl"
         on_bad_row = "quarantine"
@@ -165,7 +170,7 @@ def test_where_on_a_selector_step_records_that_step(tmp_path, write_recipe, pool
         dir = "out"
         [[steps]]
         id = "h"
-        score = { plugin = "heuristic" }
+        score = { plugin = "words" }
         [[steps]]
         id = "pick"
         select = { plugin = "top-k", column = "output_words", k = 5, descending = false }
@@ -186,6 +191,7 @@ def test_where_on_a_selector_step_records_that_step(tmp_path, write_recipe, pool
 def test_output_select_union_of_two_branches(tmp_path, write_recipe, pool):
     recipe = write_recipe("""
         name = "union"
+        plugins = ["words.py"]
         [input]
         path = "pool.jsonl"
         on_bad_row = "quarantine"
@@ -194,7 +200,7 @@ def test_output_select_union_of_two_branches(tmp_path, write_recipe, pool):
         select = ["short", "long"]
         [[steps]]
         id = "h"
-        score = { plugin = "heuristic" }
+        score = { plugin = "words" }
         [[steps]]
         id = "short"
         from = "h"
@@ -363,6 +369,7 @@ def test_step_with_no_rows_left(tmp_path, write_recipe, alpaca_rows, write_jsonl
     write_jsonl(alpaca_rows)
     recipe = write_recipe("""
         name = "nothing-left"
+        plugins = ["words.py"]
         [input]
         path = "pool.jsonl"
         [output]
@@ -372,7 +379,7 @@ def test_step_with_no_rows_left(tmp_path, write_recipe, alpaca_rows, write_jsonl
         select = { plugin = "threshold", column = "n_turns", min = 5 }
         [[steps]]
         id = "h"
-        score = { plugin = "heuristic" }
+        score = { plugin = "words" }
         where = "output_words > 0"
         [[steps]]
         id = "top"
@@ -393,7 +400,7 @@ def test_manifest_records_plugins_and_input(tmp_path, write_recipe, pool):
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert m["name"] == "accounting" and m["seed"] == 3 and m["dqf_version"] == dqf.__version__
     assert [(p["step"], p["plugin"], p["kind"], p["distribution"]) for p in m["plugins"]] == [
-        ("quality", "heuristic", "scorer", "dqf"), ("top", "top-k", "selector", "dqf")]
+        ("quality", "words", "scorer", f"local file {tmp_path / 'words.py'}"), ("top", "top-k", "selector", "dqf")]
     assert m["plugins"][1]["options"]["k"] == 10
     assert len(m["input"]["files"]) == 1 and m["input"]["files"][0]["rows"] == 53
     assert m == json.loads(json.dumps(res.manifest, default=str))
@@ -419,13 +426,14 @@ def test_a_null_where_predicate_is_reported_apart_from_a_false_one(write_jsonl, 
     write_jsonl(rows)
     recipe = write_recipe("""
         name = "nulls"
+        plugins = ["words.py"]
         [input]
         path = "pool.jsonl"
         [output]
         dir = "out"
         [[steps]]
         id = "h"
-        score = { plugin = "heuristic" }
+        score = { plugin = "words" }
         where = "output_ttr > 0.5"
     """)
     result = dqf.run(recipe)

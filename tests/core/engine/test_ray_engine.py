@@ -15,10 +15,12 @@ import pytest
 import dqf
 from dqf import DqfError, RecipeError
 from dqf.engine import run_recipe
+from words_plugin import PATH as WORDS_PLUGIN
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own DataContext warns on creation
 
-REPO = Path(__file__).resolve().parents[2]
+
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLE_POOL = REPO / "examples" / "data" / "alpaca_2k.jsonl"
 
 # Keep each pytest worker's cluster light: no dashboard, no usage report, a small object store.
@@ -26,6 +28,7 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_AUTH_MODE
 
 RECIPE = """
 name = "ray-parity"
+plugins = ["{words}"]
 seed = 1
 
 [input]
@@ -46,8 +49,8 @@ concurrency = 1
 
 [[steps]]
 id = "quality"
-score = {{ plugin = "heuristic" }}
-where = "heuristic_ok and output_words >= 20"
+score = {{ plugin = "words" }}
+where = "words_ok and output_words >= 20"
 
 [[steps]]
 id = "reward"
@@ -91,7 +94,7 @@ def recipe_path(tmp_path_factory):
     rm = tm.tiny_reward_model(root / "rm", [(r["instruction"], r["output"]) for r in rows])
     bert = tm.tiny_bert(root / "bert")
     path = root / "recipe.toml"
-    path.write_text(RECIPE.format(pool=root / "pool.jsonl", rm=rm, bert=bert), encoding="utf-8")
+    path.write_text(RECIPE.format(pool=root / "pool.jsonl", rm=rm, bert=bert, words=WORDS_PLUGIN), encoding="utf-8")
     return path
 
 
@@ -132,7 +135,7 @@ def test_ray_matches_local_and_shares_the_cache(ray_cluster, recipe_path, tmp_pa
     assert rows_ray.drop("source").equals(rows_local.drop("source"))
     assert _selected(ray_run.run_dir) == _selected(local.run_dir)
 
-    # Work ran on the cluster: models never loaded on the driver; actors for models, tasks for the heuristic.
+    # Work ran on the cluster: models never loaded on the driver; actors for models, tasks for the word counts.
     steps = {s.id: s.plugin for s in recipe.steps}
     assert steps["reward"].model is None
     assert steps["diverse"].nested["embedder"].model is None
@@ -140,7 +143,7 @@ def test_ray_matches_local_and_shares_the_cache(ray_cluster, recipe_path, tmp_pa
     assert engine["kind"] == "ray" and engine["read"] == {"on": "driver"}  # one input file: nothing to split
     # [engine] defaults < [engine.plugins.<name>] < [engine.steps.<id>]
     maps = {(m["step"], m["plugin"]): m for m in engine["maps"]}
-    assert maps["quality", "heuristic"] == {"step": "quality", "plugin": "heuristic", "compute": "tasks",
+    assert maps["quality", "words"] == {"step": "quality", "plugin": "words", "compute": "tasks",
                                             "concurrency": 1, "rows": 160}
     assert maps["reward", "reward-model"] == {"step": "reward", "plugin": "reward-model", "compute": "actors",
                                               "concurrency": 1, "num_cpus": 1.0, "rows": 83}
@@ -202,7 +205,7 @@ def test_engine_section_is_validated(recipe_path, tmp_path):
     with pytest.raises(RecipeError) as err:
         dqf.load_recipe(path)
     assert err.value.lines == [f"{path}: engine.plugins.bert: no plugin of this recipe is named 'bert' "
-                               f"(plugins: heuristic, hf-encoder, kcenter, reward-model, top-k)"]
+                               f"(plugins: hf-encoder, kcenter, reward-model, top-k, words)"]
 
 
 def test_missing_ray_says_how_to_install(recipe_path, tmp_path):
@@ -223,6 +226,7 @@ def test_missing_ray_says_how_to_install(recipe_path, tmp_path):
 
 SHARDED = """
 name = "ray-shards"
+plugins = ["{words}"]
 seed = 1
 
 [input]
@@ -234,7 +238,7 @@ dir = "out"
 
 [[steps]]
 id = "quality"
-score = {{ plugin = "heuristic" }}
+score = {{ plugin = "words" }}
 where = "output_words >= 5"
 
 [[steps]]
@@ -256,7 +260,7 @@ def _sharded_recipe(root: Path, mode: str, bad_line: bool) -> Path:
     (shards / "b.json").write_text("[\n" + ",\n".join(lines[25:60] + ['{"instruction": [1], "output": "y"}']) + "\n]\n", encoding="utf-8")
     pq.write_table(pa.Table.from_pylist([json.loads(x) for x in lines[55:90] + lines[:2]]), shards / "c.parquet")
     path = root / "recipe.toml"
-    path.write_text(SHARDED.format(mode=mode), encoding="utf-8")
+    path.write_text(SHARDED.format(mode=mode, words=WORDS_PLUGIN), encoding="utf-8")
     return path
 
 

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 import dqf  # noqa: E402
 from dqf.lm import generate as gen  # noqa: E402
 
-POOL = Path(__file__).resolve().parents[2] / "examples" / "data" / "alpaca_2k.jsonl"
+POOL = Path(__file__).resolve().parents[3] / "examples" / "data" / "alpaca_2k.jsonl"
 
 
 def prompts_for(tok, n: int, start: int = 0) -> list[list[int]]:
