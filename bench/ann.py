@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from dqf_contrib._ann import CHUNK, greedy_diverse, knn_search, order_by_score
+from dqf.select import greedy_diverse, knn_search, order_by_score
+from dqf.select.ann import CHUNK
 
 
 def _kcenter_bench():

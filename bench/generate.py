@@ -25,7 +25,7 @@ import torch
 
 import dqf
 import dqf.lm
-from dqf.store.scores import default_cache_dir
+from dqf.store import default_cache_dir
 from dqf.lm import finetune as ft
 from dqf.lm import generate as gen
 

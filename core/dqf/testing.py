@@ -20,7 +20,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = ["TinyModels", "scorer_batch", "answer_nll", "SPECIAL_TOKENS", "CHAT_TEMPLATE"]
 
@@ -145,7 +148,7 @@ class TinyModels:
         return path
 
 
-def scorer_batch(rows) -> "pl.DataFrame":  # noqa: F821 - polars is imported lazily
+def scorer_batch(rows) -> "pl.DataFrame":
     """The frame the engine hands ``Scorer.score``, from dicts (``input`` optional) or (instruction, input, output)."""
     import polars as pl
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from dqf import BudgetOptions, PluginSpec, Selector
-
-from dqf.select import default_embedder, greedy_diverse, order_by_score
+from dqf import BudgetOptions, PluginSpec
+from dqf.select import EmbeddingSelector, default_embedder, greedy_diverse, order_by_score
 
 
 class DeitaReprOptions(BudgetOptions):
@@ -26,26 +25,17 @@ class DeitaReprOptions(BudgetOptions):
 
 
 
-class DeitaReprSelector(Selector):
+class DeitaReprSelector(EmbeddingSelector):
     """Walk rows by descending score; take one only if no row taken so far has cosine > tau to it; stop at k."""
 
     name = "deita-repr"
     version = "1"
     Options = DeitaReprOptions
-    nested_plugins = {"embedder": "embedder"}
 
-    def requires(self):
-        return {self.options.score_column} | self.nested_requires("embedder")
-
-    def select(self, rows, context):
+    def select_from(self, rows, X, k, context):
         import numpy as np
 
         o = self.options
-        k = o.budget(rows.height)
-        if k == 0:
-            self._stats = {"picked": 0}
-            return []
-        X = context.embeddings(self.nested_plugin("embedder"), rows)
         order = order_by_score(rows, o.score_column, o.descending)
         with context.progress(f"{context.step_id}: deita-repr", total=rows.height) as advance:
             picks = greedy_diverse(X, order, o.tau, inclusive=True, limit=k, exact_below=o.exact_below, ef=o.ef,

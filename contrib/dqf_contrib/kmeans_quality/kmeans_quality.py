@@ -12,9 +12,9 @@ from typing import Optional
 
 from pydantic import Field
 
-from dqf import BudgetOptions, PluginSpec, Selector
+from dqf import BudgetOptions, PluginSpec
 
-from dqf.select import default_embedder
+from dqf.select import EmbeddingSelector, default_embedder
 
 
 class KmeansQualityOptions(BudgetOptions):
@@ -96,7 +96,7 @@ def split_budget(sizes, k: int) -> list[int]:
     return quota
 
 
-class KmeansQualitySelector(Selector):
+class KmeansQualitySelector(EmbeddingSelector):
     """k-means over embeddings, budget ∝ cluster size, quality-weighted sampling without replacement in each cluster.
 
     Rows with a missing quality are sampled only after every scored row of their cluster.
@@ -105,20 +105,12 @@ class KmeansQualitySelector(Selector):
     name = "kmeans-quality"
     version = "1"
     Options = KmeansQualityOptions
-    nested_plugins = {"embedder": "embedder"}
+    score_option = "quality_column"
 
-    def requires(self):
-        return {self.options.quality_column} | self.nested_requires("embedder")
-
-    def select(self, rows, context):
+    def select_from(self, rows, X, k, context):
         import numpy as np
 
         o = self.options
-        k = o.budget(rows.height)
-        if k == 0:
-            self._stats = {"picked": 0}
-            return []
-        X = context.embeddings(self.nested_plugin("embedder"), rows)
         q = rows[o.quality_column].cast(float).to_numpy().astype(np.float64)
         return self.pick(X, q, k, o.seed if o.seed is not None else context.seed)
 
