@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from dqf.errors import DqfError, PluginError, RecipeError
 from dqf.registry import KINDS, step_kind
+from dqf.where import WhereError, parse_where
 from dqf.plugin import BASE_COLUMNS, DERIVED_COLUMNS, Plugin, Probe, Scorer, Workspace
 
 STEP_KINDS = tuple(k.step_key for k in KINDS.values() if k.step_key)
@@ -78,7 +79,7 @@ class StepConfig(_Strict):
 
 
 class RecipeModel(_Strict):
-    name: str
+    name: Optional[str] = None  # default: the recipe file's stem (see Recipe.name)
     seed: int = 0
     plugins: list[str] = []
     input: InputConfig
@@ -117,7 +118,7 @@ class Recipe:
 
     @property
     def name(self) -> str:
-        return self.model.name
+        return self.model.name if self.model.name is not None else Path(self.path).stem
 
     @property
     def seed(self) -> int:
@@ -188,7 +189,7 @@ def _pydantic_lines(exc: ValidationError, prefix: str = "") -> list[str]:
 def read_toml(path: Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not TOML
     except FileNotFoundError:
         raise RecipeError(f"{path}: recipe file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -197,14 +198,6 @@ def read_toml(path: Path) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: TOML syntax error: {exc}") from None
-
-
-def where_columns(expr: str) -> set[str]:
-    """Parse a ``where`` SQL predicate (never ``eval``) and return the columns it reads."""
-    import polars as pl
-
-    parsed = pl.sql_expr(expr)
-    return set(parsed.meta.root_names())
 
 
 def load_recipe(path: str | Path, host_factory, *, overrides: dict | None = None) -> tuple[Recipe, Any]:
@@ -412,20 +405,31 @@ def _check_columns(recipe: Recipe) -> list[str]:
         for prev in recipe.chain(s.id)[:-1]:
             available |= set(prev.columns)
         if s.where is not None:
-            try:
-                needed = where_columns(s.where)
-            except Exception as exc:
-                errors.append(f"{s.key}.where: cannot parse SQL expression {s.where!r}: {exc}")
-                needed = set()
             own = available | set(s.columns) if s.kind != "select" else available
-            for c in sorted(needed - own):
-                errors.append(f"{s.key}.where: column {c!r} is not produced by this step or an earlier step on its path "
-                              f"({_avail(own)})")
+            errors.extend(_check_where(s, own, {**BASE_COLUMNS, **{c: t for p in recipe.chain(s.id) for c, t in p.columns.items()}}))
         readable = available | set(DERIVED_COLUMNS) if s.kind == "score" else available  # derived: scorers only
         for c in sorted(set(s.plugin.requires()) - readable):
             errors.append(f"{s.key}.{s.kind}: needs column {c!r}, which no earlier step on its path produces "
                           f"({_avail(available)})")
     return errors
+
+
+def _check_where(s: Step, own: set[str], dtypes: dict) -> list[str]:
+    """A step's ``where`` is a row predicate (:mod:`dqf.where`) over columns it can see, and true/false valued."""
+    try:
+        w = parse_where(s.where)
+    except WhereError as exc:
+        return [f"{s.key}.where: {exc} (in {s.where!r}); `where` is a condition on each row's columns"]
+    errors = [f"{s.key}.where: column {c!r} is not produced by this step or an earlier step on its path ({_avail(own)})"
+              for c in sorted(w.columns - own)]
+    if errors or w.boolean:
+        return errors
+    dtype = str(dtypes.get(w.bare_column, "")) if w.bare_column else ""
+    if w.bare_column and dtype.lower() in ("boolean", "bool"):
+        return []
+    what = f"column {w.bare_column!r} is {dtype}" if w.bare_column else f"{s.where!r} is a value"
+    return [f"{s.key}.where: {what}, not true/false; write a condition such as "
+            f"{(w.bare_column or 'value')} > 0"]
 
 
 def _avail(cols: set[str]) -> str:

@@ -173,14 +173,17 @@ def load_local_module(path: Path) -> Any:
     mod_name = "dqf_local_" + hashlib.blake2b(str(path).encode(), digest_size=6).hexdigest()
     if mod_name in sys.modules:
         return sys.modules[mod_name]
+    if path.suffix != ".py":
+        raise PluginError(f"local plugin module {path} is not a Python file (.py)")
     spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module calling sys.exit() must not end dqf silently
         del sys.modules[mod_name]
-        raise PluginError(f"local plugin module {path} failed to import: {type(exc).__name__}: {exc}") from exc
+        what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+        raise PluginError(f"local plugin module {path} failed to import: {what}") from exc
     return module
 
 

@@ -274,7 +274,7 @@ BAD_RECIPES = [
             where = "output_words >"
             """
         ),
-        [("steps[0].where", "cannot parse SQL expression 'output_words >'")],
+        [("steps[0].where", "the expression ends too early (in 'output_words >')")],
     ),
     (
         "where-unknown-column",

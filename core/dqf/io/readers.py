@@ -59,7 +59,9 @@ def _bad_utf8(text: str) -> tuple[BadRow, str] | None:
 
 
 def _iter_jsonl(path: Path, text: str, lossy: bool = False) -> Iterator[tuple[int, Any, str]]:
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at \n (and \r\n) only: U+2028, U+2029 and U+0085 are legal inside a JSON string.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         bad = _bad_utf8(line) if lossy else None

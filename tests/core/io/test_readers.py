@@ -618,3 +618,17 @@ def test_unsupported_file_type(tmp_path):
     with pytest.raises(DataError) as err:
         read_input(tmp_path / "pool.csv")
     assert str(err.value) == "input.path: pool.csv: unsupported file type (use .jsonl, .json, .parquet)"
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085"])
+def test_jsonl_lines_end_at_newline_only(tmp_path, sep):
+    """Line and paragraph separators are legal inside JSON strings: they split no row and shift no line number."""
+    import json as _json
+
+    rows = [{"instruction": f"one{sep}two", "input": "", "output": "a"}, {"instruction": "three", "output": "b"}]
+    text = "\r\n".join(_json.dumps(r, ensure_ascii=False) for r in rows) + "\n{bad\n"
+    path = tmp_path / "p.jsonl"
+    path.write_text(text, encoding="utf-8", newline="")
+    read = read_input(path, on_bad_row="quarantine")
+    assert read.frame["instruction"].to_list() == [f"one{sep}two", "three"]
+    assert [q["source"] for q in read.quarantined] == ["p.jsonl:3"]

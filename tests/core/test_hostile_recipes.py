@@ -1,0 +1,49 @@
+"""Careless recipes and local modules: a BOM, a missing name, a non-Python plugin file, a plugin calling sys.exit()."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import dqf
+from dqf import RecipeError
+
+BODY = '''
+[input]
+path = "pool.jsonl"
+[output]
+dir = "out"
+[[steps]]
+id = "all"
+select = { plugin = "random", fraction = 1.0 }
+'''
+
+
+def test_a_recipe_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + ('name = "bom"\n' + BODY).encode())
+    assert dqf.validate(path).name == "bom"
+
+
+def test_name_defaults_to_the_recipe_files_stem(tmp_path):
+    path = tmp_path / "first-try.toml"
+    path.write_text(BODY, encoding="utf-8")
+    assert dqf.validate(path).name == "first-try"
+
+
+@pytest.mark.parametrize("module,source,message", [
+    ("x.txt", "print('hi')\n", "plugins: local plugin module {p} is not a Python file (.py)"),
+    ("exits.py", "import sys\nsys.exit(3)\n", "plugins: local plugin module {p} failed to import: called sys.exit(3)"),
+])
+def test_bad_local_modules_are_one_clear_error(tmp_path, module, source, message):
+    (tmp_path / module).write_text(source, encoding="utf-8")
+    path = tmp_path / "r.toml"
+    path.write_text(f'plugins = ["{module}"]\n' + BODY, encoding="utf-8")
+    with pytest.raises(RecipeError) as info:
+        dqf.validate(path)
+    assert str(info.value) == f"{path}: " + message.format(p=(tmp_path / module).resolve())
+    proc = subprocess.run([sys.executable, "-c", "from dqf.cli import main; main()", "validate", str(path)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.startswith("dqf: error: ") and len(proc.stderr.splitlines()) == 1
