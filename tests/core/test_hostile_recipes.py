@@ -47,3 +47,15 @@ def test_bad_local_modules_are_one_clear_error(tmp_path, module, source, message
     proc = subprocess.run([sys.executable, "-c", "from dqf.cli import main; main()", "validate", str(path)], capture_output=True, text=True,
                           cwd=tmp_path, timeout=60)
     assert proc.returncode == 1 and proc.stderr.startswith("dqf: error: ") and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("shape", ["file", "under-a-file"])
+def test_an_unusable_cache_dir_fails_before_the_input_is_read(tmp_path, shape):
+    (tmp_path / "afile").write_text("not a folder")
+    cache = tmp_path / "afile" if shape == "file" else tmp_path / "afile" / "cache"
+    path = tmp_path / "r.toml"
+    path.write_text(f'name = "c"\n[cache]\ndir = "{cache}"\n' + BODY, encoding="utf-8")
+    with pytest.raises(dqf.DqfError) as info:  # pool.jsonl does not exist: the cache is checked first
+        dqf.run(path)
+    expected = "is a file, not a folder" if shape == "file" else "cannot write to"
+    assert str(info.value).startswith("cache.dir: ") and expected in str(info.value)

@@ -33,14 +33,17 @@ class RunResult:
     selected: Any  # polars.DataFrame of the selected rows
 
 
-def _check_writable(run_dir: Path) -> None:
+def _check_writable(folder: Path, key: str) -> None:
+    """``folder`` exists (or can be made) and takes a file, else a one-line error naming the recipe ``key``."""
+    if folder.exists() and not folder.is_dir():
+        raise DqfError(f"{key}: {display_path(folder)} is a file, not a folder")
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".dqf-write-test-")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".dqf-write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise DqfError(f"output.dir: cannot write to {display_path(run_dir)}: {exc.strerror or exc}") from None
+        raise DqfError(f"{key}: cannot write to {display_path(folder)}: {exc.strerror or exc}") from None
 
 
 def _status_column(n: int, positions, kept_positions, reason: str):
@@ -91,7 +94,9 @@ class Engine:
 
         total = Timer()
         started = _dt.datetime.now(_dt.timezone.utc)
-        _check_writable(self.run_dir)
+        _check_writable(self.run_dir, "output.dir")
+        if self.store.enabled:  # before the input is read, not when the first batch is cached
+            _check_writable(self.store.root, "cache.dir")
         self.host.hook.dqf_run_start(recipe=self.recipe, run_dir=self.run_dir)
 
         with self.reporter.task("read input", None) as advance:

@@ -74,6 +74,15 @@ def _iter_jsonl(path: Path, text: str, lossy: bool = False) -> Iterator[tuple[in
             yield lineno, BadRow(f"invalid JSON ({exc.msg} at column {exc.colno})"), line
 
 
+def _end_of_array(path: Path, text: str, i: int, name: str | None) -> None:
+    """Nothing but whitespace may follow the array's closing bracket at ``i``: a second array's rows would be lost."""
+    rest = _WS.match(text, i + 1).end()
+    if rest < len(text):
+        lineno = text.count("\n", 0, rest) + 1
+        raise DataError(f"{name or display_path(path)}:{lineno}: invalid JSON: text after the end of the top-level "
+                        f"array (a .json file holds one array; write one record per line as .jsonl)")
+
+
 def _iter_json_array(path: Path, text: str, lossy: bool = False, name: str | None = None) -> Iterator[tuple[int, Any, str]]:
     """Yield each element of a top-level JSON array with the line it starts on."""
     decoder = json.JSONDecoder()
@@ -81,6 +90,7 @@ def _iter_json_array(path: Path, text: str, lossy: bool = False, name: str | Non
     i = _WS.match(text, i + 1).end()  # past "["
     line, pos = 1, 0
     if text.startswith("]", i):
+        _end_of_array(path, text, i, name)
         return
     while True:
         line += text.count("\n", pos, i)
@@ -97,6 +107,7 @@ def _iter_json_array(path: Path, text: str, lossy: bool = False, name: str | Non
             i = _WS.match(text, i + 1).end()
             continue
         if text.startswith("]", i):
+            _end_of_array(path, text, i, name)
             return
         lineno = text.count("\n", 0, i) + 1
         raise DataError(f"{name or display_path(path)}:{lineno}: invalid JSON: expected ',' or ']' after array element")

@@ -632,3 +632,18 @@ def test_jsonl_lines_end_at_newline_only(tmp_path, sep):
     read = read_input(path, on_bad_row="quarantine")
     assert read.frame["instruction"].to_list() == [f"one{sep}two", "three"]
     assert [q["source"] for q in read.quarantined] == ["p.jsonl:3"]
+
+
+@pytest.mark.parametrize("text,line", [
+    ('[{"instruction": "a", "output": "b"}]\n[{"instruction": "c", "output": "d"}]\n', 2),
+    ('[{"instruction": "a", "output": "b"}] trailing', 1),
+    ('[]\n\n[{"instruction": "c", "output": "d"}]', 3),
+])
+def test_a_json_file_holds_one_array_and_nothing_after_it(tmp_path, text, line):
+    path = tmp_path / "p.json"
+    path.write_text(text, encoding="utf-8")
+    for mode in ("error", "quarantine"):
+        with pytest.raises(DataError) as info:
+            read_input(path, on_bad_row=mode)
+        assert str(info.value).endswith(f"p.json:{line}: invalid JSON: text after the end of the top-level array "
+                                        f"(a .json file holds one array; write one record per line as .jsonl)")
