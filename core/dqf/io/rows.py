@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from dqf.lm.prompts import question
+
 FORMATS = ("auto", "alpaca", "sharegpt", "messages")
 
 _ROLE = {
@@ -47,6 +49,16 @@ def _typename(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
 
+def _valid_text(v: str, field: str) -> str:
+    """``v``, unless it holds a lone surrogate (``"\\ud800"`` in JSON), which no UTF-8 output can write."""
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRow(f"lone surrogate {v[exc.start]!r} at character {exc.start + 1}", field) from None
+    return v
+
+
 def _text(record: Mapping, key: str, *, required: bool) -> str:
     if key not in record or record[key] is None:
         if required:
@@ -55,15 +67,15 @@ def _text(record: Mapping, key: str, *, required: bool) -> str:
     v = record[key]
     if not isinstance(v, str):
         raise BadRow(f"expected a string, got {_typename(v)}", key)
-    return v
+    return _valid_text(v, key)
 
 
 def _content_text(v: Any, field: str) -> str:
     if isinstance(v, str):
-        return v
+        return _valid_text(v, field)
     if isinstance(v, list):  # OpenAI content parts: keep the text parts
         parts = [p.get("text", "") for p in v if isinstance(p, dict) and p.get("type", "text") == "text"]
-        return "".join(parts)
+        return _valid_text("".join(parts), field)
     raise BadRow(f"expected a string, got {_typename(v)}", field)
 
 
@@ -115,7 +127,7 @@ def conversation(record: Any, fmt: str = "auto", fields: Mapping[str, str] | Non
     if fmt == "alpaca":
         instruction = _text(record, f["instruction"], required=True)
         inp = _text(record, f["input"], required=False)
-        return [("user", f"{instruction}\n{inp}" if inp else instruction),
+        return [("user", question(instruction, inp)),
                 ("assistant", _text(record, f["output"], required=True))]
     if fmt == "sharegpt":
         return _turns(record, f["conversations"], "from", "value")

@@ -647,3 +647,17 @@ def test_a_json_file_holds_one_array_and_nothing_after_it(tmp_path, text, line):
             read_input(path, on_bad_row=mode)
         assert str(info.value).endswith(f"p.json:{line}: invalid JSON: text after the end of the top-level array "
                                         f"(a .json file holds one array; write one record per line as .jsonl)")
+
+
+def test_a_lone_surrogate_is_a_bad_row_in_both_modes(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"instruction": "ok", "output": "a"}\n{"instruction": "x\\ud800", "output": "a"}\n'
+                    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\\udfff"}]}\n',
+                    encoding="utf-8")
+    read = read_input(path, on_bad_row="quarantine")
+    assert read.frame["instruction"].to_list() == ["ok"]
+    reasons = [(q["source"], q["reason"]) for q in read.quarantined]
+    assert reasons == [("p.jsonl:2", "field 'instruction': lone surrogate '\\ud800' at character 2"),
+                       ("p.jsonl:3", "field 'messages[1].content': lone surrogate '\\udfff' at character 1")]
+    with pytest.raises(DataError, match=r"p\.jsonl:2: field 'instruction': lone surrogate"):
+        read_input(path, on_bad_row="error")
