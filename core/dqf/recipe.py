@@ -17,7 +17,7 @@ from dqf.where import WhereError, parse_where
 from dqf.plugin import BASE_COLUMNS, DERIVED_COLUMNS, Plugin, Probe, Scorer, Workspace
 
 STEP_KINDS = tuple(k.step_key for k in KINDS.values() if k.step_key)
-_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 class _Strict(BaseModel):
@@ -237,7 +237,7 @@ def _validate(path, label, raw, model, host, errors, workspace):
     seen: dict[str, int] = {}
     for i, sc in enumerate(model.steps):
         key = f"steps[{i}]"
-        if not _ID.match(sc.id):
+        if not _ID.fullmatch(sc.id):  # match() would let "q\n" through ($ matches before a final newline)
             errors.append(f"{key}.id: {sc.id!r} is not a valid step id (letters, digits, '_' and '-')")
         if sc.id == "input":
             errors.append(f"{key}.id: 'input' is reserved for the recipe's input")

@@ -59,3 +59,11 @@ def test_an_unusable_cache_dir_fails_before_the_input_is_read(tmp_path, shape):
         dqf.run(path)
     expected = "is a file, not a folder" if shape == "file" else "cannot write to"
     assert str(info.value).startswith("cache.dir: ") and expected in str(info.value)
+
+
+@pytest.mark.parametrize("step_id", ["q\\n", "q r", "1q", ""])
+def test_step_ids_are_identifiers(tmp_path, step_id):
+    path = tmp_path / "r.toml"
+    path.write_text(BODY.replace('id = "all"', f'id = "{step_id}"'), encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"steps\[0\]\.id: .* is not a valid step id \(letters, digits, '_' and '-'\)"):
+        dqf.validate(path)
