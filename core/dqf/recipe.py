@@ -149,7 +149,10 @@ class Recipe:
         return sorted(self.steps, key=lambda s: s.index)
 
     def step(self, step_id: str) -> Step:
-        return next(s for s in self.steps if s.id == step_id)
+        by_id = self.__dict__.get("_by_id")
+        if by_id is None:  # built once: chain() looks a step up per hop
+            by_id = self.__dict__["_by_id"] = {s.id: s for s in self.steps}
+        return by_id[step_id]
 
     def chain(self, step_id: str) -> list[Step]:
         """The steps a row passes through to reach ``step_id`` (following ``from``), input first."""
@@ -362,28 +365,33 @@ def _deps(s: Step) -> list[str]:
 
 
 def _toposort(steps: list[Step]) -> tuple[list[Step], list[str] | None]:
+    """Steps in an order where each comes after the steps it reads (file order otherwise), or the first cycle.
+
+    Iterative depth-first search: a chain of thousands of steps needs no recursion and no copied paths.
+    """
     by_id = {s.id: s for s in steps}
-    state: dict[str, int] = {}
+    done: set[str] = set()
     order: list[Step] = []
-
-    def visit(s: Step, stack: list[str]) -> list[str] | None:
-        if state.get(s.id) == 2:
-            return None
-        if state.get(s.id) == 1:
-            return stack[stack.index(s.id):] + [s.id]
-        state[s.id] = 1
-        for d in _deps(s):
-            cyc = visit(by_id[d], stack + [s.id])
-            if cyc:
-                return cyc
-        state[s.id] = 2
-        order.append(s)
-        return None
-
-    for s in sorted(steps, key=lambda s: s.index):
-        cyc = visit(s, [])
-        if cyc:
-            return [], cyc
+    for root in sorted(steps, key=lambda s: s.index):
+        if root.id in done:
+            continue
+        path: list[str] = [root.id]
+        on_path = {root.id: 0}
+        stack = [iter(_deps(root))]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                sid = path.pop()
+                del on_path[sid]
+                stack.pop()
+                done.add(sid)
+                order.append(by_id[sid])
+            elif nxt in on_path:
+                return [], path[on_path[nxt]:] + [nxt]
+            elif nxt not in done:
+                on_path[nxt] = len(path)
+                path.append(nxt)
+                stack.append(iter(_deps(by_id[nxt])))
     return order, None
 
 

@@ -67,3 +67,22 @@ def test_step_ids_are_identifiers(tmp_path, step_id):
     path.write_text(BODY.replace('id = "all"', f'id = "{step_id}"'), encoding="utf-8")
     with pytest.raises(RecipeError, match=r"steps\[0\]\.id: .* is not a valid step id \(letters, digits, '_' and '-'\)"):
         dqf.validate(path)
+
+
+def test_a_long_chain_in_reverse_file_order_validates_without_recursion(tmp_path):
+    n = 1_100
+    steps = "".join(f'[[steps]]\nid = "s{i}"\nfrom = "{f"s{i + 1}" if i + 1 < n else "input"}"\n'
+                    f'select = {{ plugin = "random", fraction = 1.0 }}\n' for i in range(n))
+    path = tmp_path / "long.toml"
+    path.write_text('[input]\npath = "pool.jsonl"\n[output]\ndir = "out"\nselect = "s0"\n' + steps, encoding="utf-8")
+    recipe = dqf.validate(path)
+    assert [s.id for s in recipe.steps][:2] == [f"s{n - 1}", f"s{n - 2}"] and recipe.steps[-1].id == "s0"
+
+
+def test_a_cycle_is_named_in_order(tmp_path):
+    steps = "".join(f'[[steps]]\nid = "{a}"\nfrom = "{b}"\nselect = {{ plugin = "random", fraction = 1.0 }}\n'
+                    for a, b in [("a", "b"), ("b", "c"), ("c", "a")])
+    path = tmp_path / "cyc.toml"
+    path.write_text('[input]\npath = "pool.jsonl"\n[output]\ndir = "out"\n' + steps, encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"steps\[0\]\.from: steps form a cycle: a -> b -> c -> a"):
+        dqf.validate(path)
