@@ -74,6 +74,39 @@ def timed(fn, *args, sync=True, **kw):
     return out, time.perf_counter() - t
 
 
+PROFILE = False  # --profile: where the time of one call goes, top operators
+
+
+def profile(label: str, fn, *args, **kw) -> None:
+    if not PROFILE:
+        return
+    import torch
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEV == "cuda" else [])
+    with tprofile(activities=acts) as prof:
+        _, s = timed(fn, *args, **kw)
+    print(f"--- profile: {label}: {s * 1e3:.1f} ms wall")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=48))
+    del torch
+
+
+class cudnn_attention:
+    """Runs ``module``'s forward passes as before dqf kept attention off cuDNN (plain inference mode), to measure it."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        import torch
+
+        self.saved = self.module.forward_mode
+        self.module.forward_mode = lambda device, grad=False: torch.inference_mode()
+
+    def __exit__(self, *exc):
+        self.module.forward_mode = self.saved
+
+
 def load_pool(n: int) -> list[dict]:
     rows = [json.loads(line) for line in POOL.read_text(encoding="utf-8").split("\n")[:n] if line.strip()]
     return rows
@@ -101,14 +134,13 @@ def build(kind: str, shape: dict, tokenizer_dir: Path, target: Path, quick: bool
     return target
 
 
-def reward_section(path: Path, rows: list[dict], max_length: int) -> None:
+def reward_section(path: Path, rows: list[dict], max_length: int, batch_sizes=(32, 128)) -> None:
     import polars as pl
     import torch
     import reward as rb  # bench/reward.py: MoDS's one-pair loop and the dqf scorer, as measured on CPU
 
     frame = pl.DataFrame({"instruction": [r["instruction"] for r in rows], "input": [r["input"] for r in rows],
                           "output": [r["output"] for r in rows]})
-    batched = rb.dqf_scorer(path, device=DEV, dtype="bfloat16", batch_size=32, max_length=max_length)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
@@ -123,14 +155,18 @@ def reward_section(path: Path, rows: list[dict], max_length: int) -> None:
                 out.append(model(**enc).logits[0, 0].float().item())
         return np.array(out)
 
-    batched(frame.head(4)), loop_cuda(frame.head(4))  # warm-up
-    a, a_s = timed(batched, frame)
+    loop_cuda(frame.head(4))  # warm-up
     b, b_s = timed(loop_cuda, frame)
     n = frame.height
-    rho = rb.spearman(a, b)
-    row("reward-model (DeBERTa-v3-large shape) bf16", f"dqf batched {n / a_s:,.0f} rows/s",
-        f"batch-1 loop {n / b_s:,.0f} rows/s",
-        f"{b_s / a_s:.1f}x (target >= 20x: {'met' if b_s / a_s >= 20 else 'NOT met'}); Spearman {rho:.3f}")
+    for bs in batch_sizes:
+        batched = rb.dqf_scorer(path, device=DEV, dtype="bfloat16", batch_size=bs, max_length=max_length)
+        batched(frame.head(4))
+        a, a_s = timed(batched, frame)
+        rho = rb.spearman(a, b)
+        row(f"reward-model (DeBERTa-v3-large shape) bf16, batch_size {bs}", f"dqf batched {n / a_s:,.0f} rows/s",
+            f"batch-1 loop {n / b_s:,.0f} rows/s",
+            f"{b_s / a_s:.1f}x (target >= 20x: {'met' if b_s / a_s >= 20 else 'NOT met'}); Spearman {rho:.3f}")
+        del batched
 
 
 def encoder_section(path: Path, rows: list[dict]) -> None:
@@ -146,6 +182,16 @@ def encoder_section(path: Path, rows: list[dict]) -> None:
         emb.embed(texts[:8])
         sub = texts if device != "cpu" else texts[:max(64, len(texts) // 8)]
         v, s = timed(emb.embed, sub)
+        _, tok_s = timed(emb.tokenizer, sub, truncation=True, max_length=256, padding=False)
+        print(f"  hf-encoder {device}: {s:.2f} s for {len(sub)} texts, of which tokenizing {tok_s:.2f} s")
+        if device != "cpu":
+            import dqf_plugins.hf_encoder as he
+
+            with cudnn_attention(he):
+                _, old_s = timed(emb.embed, sub)
+            row("hf-encoder: attention kernels", f"flash/efficient (dqf): {len(sub) / s:,.0f} texts/s",
+                f"torch's default (cuDNN): {len(sub) / old_s:,.0f} texts/s", f"{old_s / s:.1f}x")
+            profile("hf-encoder embed(256 texts)", emb.embed, texts[:256])
         rates[device], vecs[device] = len(sub) / s, np.asarray(v, dtype=np.float32)
     k = len(vecs["cpu"])
     cos = float(np.min(np.sum(vecs[DEV][:k] * vecs["cpu"], axis=1)))
@@ -183,6 +229,20 @@ def generation_section(label: str, path: Path, rows: list[dict], new_tokens: int
     run = lambda ps, bs: gen.generate_answers(model, tok, ps, max_new_tokens=new_tokens, num_beams=1, batch_size=bs)
     run(prompts[:batch], batch), run(prompts[:1], 1)
     a, a_s = timed(run, prompts, batch)
+    if DEV != "cpu":
+        cost = gen.CALL_COST_TOKENS["accelerator"]
+        gen.CALL_COST_TOKENS["accelerator"] = gen.CALL_COST_TOKENS["cpu"]
+        run(prompts[:batch], batch)
+        _, c_s = timed(run, prompts, batch)
+        gen.CALL_COST_TOKENS["accelerator"] = cost
+        row(f"generation {label}: prefill call cost", f"{cost} tokens: {len(prompts) / a_s:,.1f} rows/s",
+            f"{gen.CALL_COST_TOKENS['cpu']} tokens (CPU's): {len(prompts) / c_s:,.1f} rows/s", f"{c_s / a_s:.2f}x")
+        with cudnn_attention(gen):
+            _, old_s = timed(run, prompts, batch)
+        row(f"generation {label}: attention kernels", f"flash/efficient (dqf): {len(prompts) / a_s:,.1f} rows/s",
+            f"torch's default (cuDNN): {len(prompts) / old_s:,.1f} rows/s", f"{old_s / a_s:.2f}x")
+        profile(f"generate 1 prompt x 8 tokens ({label})",
+                lambda: gen.generate_answers(model, tok, prompts[:1], max_new_tokens=8, batch_size=1))
     single = prompts[:max(8, len(prompts) // 8)]
     b, b_s = timed(run, single, 1)
     ratio = (b_s / len(single)) / (a_s / len(prompts))
@@ -249,6 +309,8 @@ def main() -> None:
     ap.add_argument("--tokenizers", type=Path, default=ROOT / ".gpu" / "tokenizers")
     ap.add_argument("--quick", action="store_true", help="toy sizes (checks the script, measures nothing)")
     ap.add_argument("--out", type=Path, help="also write the table here as markdown")
+    ap.add_argument("--only", help="comma-separated sections (reward, encoder, kcenter, gen-135m, gen-1.7b, lora, demo)")
+    ap.add_argument("--profile", action="store_true", help="print where the time of one call goes (torch.profiler)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import torch
@@ -256,7 +318,8 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    global DEV
+    global DEV, PROFILE
+    PROFILE = args.profile
     if not torch.cuda.is_available():
         if not args.quick:
             sys.exit("bench/gpu.py: torch sees no CUDA device (use --quick to check the script on a CPU)")
@@ -283,7 +346,10 @@ def main() -> None:
             ("lora", lambda: lora_section("SmolLM2-1.7B shape", tmp / "s17", rows[:128])),
             ("demo", lambda: demo_section(tmp / "s135", tmp / "enc", tmp / "demo")),
         ]
+        only = set(args.only.split(",")) if args.only else None
         for name, fn in sections:
+            if only is not None and name not in only:
+                continue
             t = time.perf_counter()
             try:
                 fn()

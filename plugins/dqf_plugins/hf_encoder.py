@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from dqf import BASE_COLUMNS, Embedder, PluginOptions
-from dqf.lm import ModelMixin, collate, effective_max_length, length_batches
+from dqf.lm import ModelMixin, collate, effective_max_length, forward_mode, length_batches
 
 # The embedding cache hands embed() this many batches' worth of texts per call, so sorting a
 # call's texts by length groups similar lengths and dynamic padding wastes little compute.
@@ -85,7 +85,7 @@ class HfEncoderEmbedder(ModelMixin, Embedder):
         types = enc.get("token_type_ids")
         out = np.empty((len(ids), hidden), dtype=np.float32)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        with torch.inference_mode():
+        with forward_mode(self.device):
             for chunk in length_batches([len(x) for x in ids], self.options.batch_size):
                 rows = [{"input_ids": ids[i], **({"token_type_ids": types[i]} if types is not None else {})}
                         for i in chunk]

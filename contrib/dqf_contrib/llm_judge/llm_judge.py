@@ -19,7 +19,8 @@ from typing import Literal
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from dqf import FAILED_COLUMN, DqfError, PluginOptions, Scorer
-from dqf.lm import ModelMixin, collate, effective_max_length, length_batches, pad_token_id, single_token_ids
+from dqf.lm import (ModelMixin, collate, effective_max_length, forward_mode, length_batches, pad_token_id,
+                    single_token_ids)
 
 #: AlpaGasus (Chen et al., 2024, "AlpaGasus: Training a Better Alpaca with Fewer Data", Fig. 3): system prompt.
 ALPAGASUS_SYSTEM = ("We would like to request your feedback on the performance of AI assistant in response to the "
@@ -263,7 +264,7 @@ class LlmJudgeScorer(ModelMixin, Scorer):
         for group in length_batches([len(e) for e in encoded], self.options.batch_size, descending=True):
             batch = collate([{"input_ids": encoded[i]} for i in group], pad, side="left")
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            with torch.inference_mode():
+            with forward_mode(device):
                 if self.mode == "expected":
                     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
                     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1, :]

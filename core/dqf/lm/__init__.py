@@ -6,7 +6,7 @@ Importing it loads no model library: torch and transformers are imported by the 
 
 from __future__ import annotations
 
-from dqf.lm.batching import MAX_PADDING, collate, length_batches, pad_token_id
+from dqf.lm.batching import MAX_PADDING, collate, forward_mode, length_batches, pad_token_id
 from dqf.lm.finetune import (TrainConfig, TrainExample, TrainResult, add_lora, load_adapter, merged_for_inference,
                              response_loss, save_trained, train_causal_lm, training_example, training_examples)
 from dqf.lm.generate import generate_answers, prepare_tokenizer, prompt_ids, prompt_text, response_ids, truncate_left
@@ -30,7 +30,7 @@ __all__ = [
     "question", "alpaca_prompt", "plain_prompt", "chat_prompt", "chat_answer", "encode",
     "ALPACA_PROMPT_INPUT", "ALPACA_PROMPT_NO_INPUT",
     # batching, losses, next-token probabilities
-    "length_batches", "collate", "pad_token_id", "MAX_PADDING", "answer_losses",
+    "length_batches", "collate", "pad_token_id", "MAX_PADDING", "forward_mode", "answer_losses",
     "next_token_logprobs", "answer_token_ids", "single_token_ids", "fit_prompt",
     # generation
     "prepare_tokenizer", "prompt_text", "prompt_ids", "response_ids", "truncate_left", "generate_answers",

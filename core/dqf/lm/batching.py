@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 #: Most padding a forward pass may carry, as a fraction of its real tokens, where a scorer batches rows of
 #: mixed lengths: past it a batch costs more than running its rows apart (the few long rows at the end of a sort).
 MAX_PADDING = 0.25
+
+
+@contextmanager
+def forward_mode(device, *, grad: bool = False):
+    """What every dqf forward pass runs under: ``torch.inference_mode`` (unless ``grad``), and on CUDA
+    attention kept off cuDNN's kernel.
+
+    cuDNN's scaled-dot-product attention builds an execution plan for each new input shape
+    (about 5 ms of CPU time per call on an H200, 82 % of an embedding batch's time: bench/gpu.py
+    --profile), and length-sorted batches and a growing key/value cache give nearly every call a
+    new shape. Flash and memory-efficient attention have no per-shape set-up. Scoped to the
+    ``with`` block, so nothing outside dqf's own forward passes changes.
+    """
+    import contextlib
+
+    import torch
+
+    with contextlib.ExitStack() as stack:
+        if not grad:
+            stack.enter_context(torch.inference_mode())
+        if getattr(device, "type", device) == "cuda":
+            try:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+            except ImportError:  # torch < 2.3 has no per-block choice (and no cuDNN attention either)
+                pass
+            else:
+                stack.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                                 SDPBackend.MATH]))
+        yield
 
 
 def pad_token_id(tokenizer) -> int:

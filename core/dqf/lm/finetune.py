@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from dqf.errors import DqfError
+from dqf.lm.batching import forward_mode
 from dqf.store.atomic import atomic_dir
 
 IGNORE_INDEX = -100
@@ -125,13 +126,11 @@ def _loss_sum(model, ids, labels, mask, autocast_dtype=None):
 
 def response_loss(model, examples: Sequence[TrainExample], pad_id: int, batch_size: int = 8) -> float:
     """Mean per-token loss on the response tokens of ``examples`` (eval mode, no gradients)."""
-    import torch
-
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with torch.inference_mode():
+    with forward_mode(device):
         for i in range(0, len(examples), batch_size):
             ids, labels, mask = (t.to(device) for t in _collate(examples[i:i + batch_size], pad_id))
             loss, n = _loss_sum(model, ids, labels, mask)
@@ -212,7 +211,7 @@ def train_causal_lm(model, examples: Sequence[TrainExample], cfg: TrainConfig, *
     model.train()
     start = time.perf_counter()
     bar = progress(total) if progress is not None else contextlib.nullcontext(lambda n=1: None)
-    with bar as advance:
+    with bar as advance, forward_mode(device, grad=True):
         for _epoch in range(cfg.epochs):
             if result.steps >= total:
                 break

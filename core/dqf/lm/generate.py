@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from dqf.lm.batching import collate, length_batches
+from dqf.lm.batching import collate, forward_mode, length_batches
 from dqf.errors import DqfError
 from dqf.lm.prompts import alpaca_prompt, chat_answer, chat_prompt
 
@@ -61,7 +61,6 @@ def generate_answers(model, tokenizer, prompts: Sequence[list[int]], *, max_new_
     greedy ``generate``. Beam search, and models with other caches, use ``model.generate``.
     ``on_batch(positions, texts)`` is called after every batch (to cache it).
     """
-    import torch
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
@@ -76,7 +75,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[list[int]], *, max_new_
     eos_ids = set(eos_id if isinstance(eos_id, (list, tuple)) else [] if eos_id is None else [eos_id])
     out: list[str | None] = [None] * len(prompts)
     model.eval()
-    with torch.inference_mode():
+    with forward_mode(device):
         # Longest first, so a batch that does not fit in memory fails at once rather than at the end.
         for pos in length_batches([len(p) for p in prompts], batch_size, descending=True):
             rows = [prompts[i] for i in pos]
@@ -162,10 +161,16 @@ def _greedy(model, rows: list[list[int]], pad_id: int, eos_ids: set[int], max_ne
 
 
 #: What one extra forward call costs, in prompt tokens, when splitting a batch's prompt pass into groups.
-_CALL_COST_TOKENS = 32
+#: Measured on 2 CPU cores (SmolLM2-135M); an accelerator runs a small batch in the time it takes to launch
+#: its kernels, so there padding is nearly free and a call dear (bench/gpu.py measures both on a GPU).
+CALL_COST_TOKENS = {"cpu": 32, "accelerator": 8192}
 
 
-def prefill_groups(lengths: Sequence[int], call_cost: int = _CALL_COST_TOKENS) -> list[tuple[int, int]]:
+def call_cost_tokens(device) -> int:
+    return CALL_COST_TOKENS["cpu" if getattr(device, "type", device) == "cpu" else "accelerator"]
+
+
+def prefill_groups(lengths: Sequence[int], call_cost: int = CALL_COST_TOKENS["cpu"]) -> list[tuple[int, int]]:
     """Split ``lengths`` (sorted, longest first) into runs ``[start, end)`` that minimise padded tokens plus
     ``call_cost`` per run: each run is padded to its first (longest) row."""
     n = len(lengths)
@@ -200,7 +205,8 @@ def _prefill(model, rows: list[list[int]], pad_id: int, device, cache_kwarg: str
         return DynamicCache(config=model.config)
     keys: list = []
     values: list = []
-    for start, end in prefill_groups([n for n in lengths if n > 0]):  # one-token prompts have nothing cached
+    cost = call_cost_tokens(device)
+    for start, end in prefill_groups([n for n in lengths if n > 0], cost):  # one-token prompts have nothing cached
         part = collate([{"input_ids": r[:-1]} for r in rows[start:end]], pad_id, side="left")
         ids, mask = part["input_ids"].to(device), part["attention_mask"].to(device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)

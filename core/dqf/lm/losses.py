@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from dqf.lm.batching import MAX_PADDING, collate, length_batches, pad_token_id
+from dqf.lm.batching import MAX_PADDING, collate, forward_mode, length_batches, pad_token_id
 
 
 def answer_losses(model, tokenizer, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], *,
@@ -37,7 +37,7 @@ def answer_losses(model, tokenizer, prompts: Sequence[Sequence[int]], answers: S
     todo = [i for i, r in enumerate(rows) if len(r) >= 2 and len(answers[i]) > 0]
     if not todo:
         return out
-    with torch.inference_mode():
+    with forward_mode(device):
         for pos in length_batches([len(rows[i]) for i in todo], batch_size, max_padding=MAX_PADDING):
             idx = [todo[j] for j in pos]
             batch = collate([{"input_ids": rows[i]} for i in idx], pad_id, side="right")

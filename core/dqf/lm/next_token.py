@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from dqf.errors import DqfError
-from dqf.lm.batching import MAX_PADDING, collate, length_batches, pad_token_id
+from dqf.lm.batching import MAX_PADDING, collate, forward_mode, length_batches, pad_token_id
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,7 +54,7 @@ def next_token_logprobs(model, tokenizer, prompts: Sequence[Sequence[int]], toke
     out = np.full((len(prompts), len(token_sets)), np.nan, dtype=np.float64)
     todo = [i for i, p in enumerate(prompts) if len(p) > 0]
     sets = [torch.as_tensor(list(s), dtype=torch.long) for s in token_sets]
-    with torch.inference_mode():
+    with forward_mode(device):
         for pos in length_batches([len(prompts[i]) for i in todo], batch_size, max_padding=MAX_PADDING):
             idx = [todo[p] for p in pos]
             batch = collate([{"input_ids": list(prompts[i])} for i in idx], pad_id, side="left")
