@@ -73,7 +73,7 @@ class RewardModelScorer(ModelScorer):
     def device_preference(self):
         return "cpu" if self.options.quantize == "int8" else self.options.device  # int8 kernels are CPU-only
 
-    def batch_size(self, device) -> int:
+    def pairs_per_pass(self, device) -> int:
         # A GPU runs a small batch in the time its kernels take to launch; a CPU gains little past 16.
         return self.options.batch_size or (16 if device.type == "cpu" else 128)
 
@@ -142,7 +142,7 @@ class RewardModelScorer(ModelScorer):
         scores = np.empty(len(rows), dtype=np.float64)
         device = self.placement()[0]
         with forward_mode(device):
-            for idx in sub_batches([len(r["input_ids"]) for r in rows], self.batch_size(device)):
+            for idx in sub_batches([len(r["input_ids"]) for r in rows], self.pairs_per_pass(device)):
                 inputs = {k: v.to(device) for k, v in self._collate([rows[i] for i in idx]).items()}
                 logits = self.model(**inputs).logits
                 scores[idx] = logits[:, 0].float().cpu().numpy()

@@ -310,3 +310,12 @@ score = { plugin = "reward-model", model = "./models/rm" }
     monkeypatch.chdir(elsewhere)
     result = dqf.run(path)
     assert result.rows["reward"].null_count() == 0 and result.rows.height == 4
+
+
+def test_batch_size_defaults_to_16_on_cpu_and_128_on_a_gpu_unless_given(RM):
+    import torch
+
+    scorer = RM(RM.Options())
+    assert scorer.pairs_per_pass(torch.device("cpu")) == 16
+    assert scorer.pairs_per_pass(torch.device("cuda")) == 128
+    assert RM(RM.Options(batch_size=4)).pairs_per_pass(torch.device("cuda")) == 4

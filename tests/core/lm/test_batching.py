@@ -62,3 +62,20 @@ def test_collate_pads_right_or_left_and_masks_padding():
 def test_pad_token_id_falls_back_to_eos_then_zero(pad, eos, expected):
     tok = type("Tok", (), {"pad_token_id": pad, "eos_token_id": eos})()
     assert pad_token_id(tok) == expected
+
+
+def test_forward_mode_keeps_cuda_attention_off_cudnn_inside_the_block_only():
+    import torch
+
+    from dqf.lm import forward_mode
+
+    before = torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()
+    with forward_mode(torch.device("cuda")):
+        assert torch.is_inference_mode_enabled()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()) == before
+    with forward_mode("cpu"):
+        assert torch.is_inference_mode_enabled() and torch.backends.cuda.cudnn_sdp_enabled() == before[0]
+    with forward_mode(torch.device("cpu"), grad=True):
+        assert not torch.is_inference_mode_enabled()
