@@ -2,25 +2,21 @@
 
 Two backends: ``hf`` runs a local causal LM (expected score from the digit-token probabilities, or
 greedy generation that is parsed); ``openai`` calls any OpenAI-compatible chat-completions endpoint
-with bounded concurrency and retries, using only the standard library.
+through dqf.lm.JsonClient (bounded concurrency, whole-request timeouts, retries, no redirects, the key never printed).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
 import re
 import threading
-import time
 from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from dqf import FAILED_COLUMN, DqfError, PluginOptions, Scorer
-from dqf.lm import (ModelMixin, collate, effective_max_length, forward_mode, length_batches, pad_token_id,
-                    single_token_ids)
+from dqf.lm import (EndpointError, JsonClient, api_key, ModelMixin, collate, effective_max_length, forward_mode, length_batches,
+                    one_line, pad_token_id, single_token_ids)
 
 #: AlpaGasus (Chen et al., 2024, "AlpaGasus: Training a Better Alpaca with Fewer Data", Fig. 3): system prompt.
 ALPAGASUS_SYSTEM = ("We would like to request your feedback on the performance of AI assistant in response to the "
@@ -40,11 +36,6 @@ DIGITS = ("0", "1", "2", "3", "4", "5")
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)")
 
 
-def _snippet(text: str, n: int = 120) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[:n] + "..."
-
-
 def parse_score(text: str | None) -> tuple[float | None, str | None]:
     """``(score, None)`` from a judge's answer, or ``(None, reason)`` when it holds no usable score.
 
@@ -58,33 +49,11 @@ def parse_score(text: str | None) -> tuple[float | None, str | None]:
         return None, "empty answer"
     m = _NUMBER.search(line)
     if m is None:
-        return None, f"no number on the first line: {_snippet(line)!r}"
+        return None, f"no number on the first line: {one_line(line, 123)!r}"
     value = float(m.group())
     if not (SCORE_MIN <= value <= SCORE_MAX) or math.isnan(value):
-        return None, f"score {m.group()} outside 0-5 on the first line: {_snippet(line)!r}"
+        return None, f"score {m.group()} outside 0-5 on the first line: {one_line(line, 123)!r}"
     return value, None
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait: its delay-seconds form or an HTTP date; None if unusable."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None or when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds) or math.isinf(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def fill_prompt(template: str, instruction: str, input_: str, response: str) -> str:
@@ -130,10 +99,6 @@ class LlmJudgeOptions(PluginOptions):
     temperature: NonNegativeFloat = Field(default=0.0, description="openai: sampling temperature.")
 
 
-class _Fatal(Exception):
-    """A request error no retry will fix (bad key, bad model name): fails the run instead of caching nulls."""
-
-
 class LlmJudgeScorer(ModelMixin, Scorer):
     """AlpaGasus-style rating: ``llm_judge`` (0-5, Float64) and ``llm_judge_reason`` (why the score is null)."""
 
@@ -167,6 +132,10 @@ class LlmJudgeScorer(ModelMixin, Scorer):
                 raise ValueError(f"base_url must start with http:// or https://, got {o.base_url!r}")
             if o.mode == "expected":
                 raise ValueError("mode 'expected' needs token probabilities: use backend 'hf', or mode 'generate'")
+            try:
+                api_key(o.api_key_env)  # a key no header can carry fails here, at validation, not mid-run
+            except DqfError as exc:
+                raise ValueError(str(exc)) from None
         elif o.base_url:
             raise ValueError("base_url is an option of backend 'openai'")
 
@@ -281,96 +250,43 @@ class LlmJudgeScorer(ModelMixin, Scorer):
         return out
 
     # -- openai backend --------------------------------------------------------------------
-    def _api_key(self) -> str | None:
-        env = self.options.api_key_env
-        return os.environ.get(env) or None if env else None
-
-    def _scrub(self, text: str, key: str | None) -> str:
-        return text.replace(key, "***") if key else text
-
     def _score_openai(self, prompts):
         from concurrent.futures import ThreadPoolExecutor
 
-        key = self._api_key()
-        with ThreadPoolExecutor(max_workers=min(self.options.concurrency, len(prompts))) as pool:
-            futures = [pool.submit(self._judge_http, p, key) for p in prompts]
-            results = []
-            fatal = None
+        o = self.options
+        client = JsonClient(o.base_url, key_env=o.api_key_env, timeout=o.timeout, max_retries=o.max_retries,
+                            backoff=o.backoff, max_retry_after=o.max_retry_after, count=self.count)
+        with ThreadPoolExecutor(max_workers=min(o.concurrency, len(prompts))) as pool:
+            futures = [pool.submit(self._judge_http, client, p) for p in prompts]
+            results, fatal = [], None
             for f in futures:
                 try:
                     results.append(f.result())
-                except _Fatal as exc:
+                except EndpointError as exc:
                     fatal = fatal or str(exc)
                     results.append((None, None, True))
         if fatal:
-            raise DqfError(f"{self.name}: {self._scrub(fatal, key)}")
+            raise DqfError(f"{self.name}: {fatal}")
         return results
 
-    def _judge_http(self, user: str, key: str | None):
-        """``(score, reason, failed)``: ``failed`` when every attempt failed (a rerun should ask again)."""
-        import http.client
-        import socket
-        import urllib.error
-        import urllib.request
-
+    def _judge_http(self, client: JsonClient, user: str):
+        """``(score, reason, failed)``: ``failed`` when the server gave no answer (a rerun should ask again)."""
         o = self.options
         messages = ([{"role": "system", "content": o.system}] if o.system else []) + [{"role": "user", "content": user}]
-        body = json.dumps({"model": o.model, "messages": messages, "temperature": o.temperature,
-                           "max_tokens": o.max_new_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        url = o.base_url.rstrip("/") + "/chat/completions"
-        last = "no attempt"
-        wait = None  # what the server's Retry-After asked for, if it did
-        for attempt in range(o.max_retries + 1):
-            if attempt:
-                self.count("retries")
-                if wait is not None:
-                    delay = min(wait, o.max_retry_after)
-                    self.count("retry_after_waits")
-                else:
-                    delay = min(60.0, o.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
-                time.sleep(delay)
-            wait = None
-            self.count("requests")
-            req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=o.timeout) as resp:
-                    raw = resp.read()
-            except urllib.error.HTTPError as exc:
-                detail = _snippet(exc.read().decode("utf-8", "replace") if exc.fp else "", 200)
-                exc.close()
-                if exc.code == 429 or exc.code >= 500:
-                    last = f"HTTP {exc.code}"
-                    if exc.code in (429, 503) and exc.headers is not None:
-                        wait = retry_after_seconds(exc.headers.get("Retry-After"))
-                    continue
-                raise _Fatal(f"{url} answered HTTP {exc.code}: {detail}"
-                             + (f" (is ${o.api_key_env} set to a valid key?)" if exc.code in (401, 403) else ""))
-            except (TimeoutError, socket.timeout):
-                last = f"timeout after {o.timeout:g} s"
-                continue
-            except urllib.error.URLError as exc:
-                if isinstance(exc.reason, (TimeoutError, socket.timeout)):
-                    last = f"timeout after {o.timeout:g} s"
-                    continue
-                last = f"connection error: {exc.reason}"
-                continue
-            except (ConnectionError, http.client.HTTPException, OSError) as exc:
-                last = f"connection error: {type(exc).__name__}"
-                continue
-            try:
-                content = json.loads(raw)["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                reason = f"malformed response: {_snippet(raw.decode('utf-8', 'replace'))!r}"
-                return None, self._scrub(reason, key), False
-            score, reason = parse_score(content)
-            return score, (self._scrub(reason, key) if reason else None), False
-        if last.startswith("connection error"):
-            raise _Fatal(f"cannot reach {url} after {o.max_retries + 1} attempts ({last})")
-        with self._lock:  # how many rows failed, and why (recorded in the manifest's step stats)
-            self._stats["failed_rows"] = self._stats.get("failed_rows", 0) + 1
-            reasons = self._stats.setdefault("failure_reasons", {})
-            reasons[last] = reasons.get(last, 0) + 1
-        return None, f"request failed after {o.max_retries + 1} attempts: {last}", True
+        reply = client.post("/chat/completions", {"model": o.model, "messages": messages,
+                                                  "temperature": o.temperature, "max_tokens": o.max_new_tokens})
+        if reply.failed:
+            with self._lock:  # how many rows failed, and why (recorded in the manifest's step stats)
+                self._stats["failed_rows"] = self._stats.get("failed_rows", 0) + 1
+                reasons = self._stats.setdefault("failure_reasons", {})
+                why = reply.failure.removeprefix(f"request failed after {o.max_retries + 1} attempts: ")
+                reasons[why] = reasons.get(why, 0) + 1
+            return None, reply.failure, True
+        if reply.failure:
+            return None, reply.failure, False
+        try:
+            content = reply.data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            return None, client.scrub(f"malformed response: {one_line(reply.text, 123)!r}"), False
+        score, reason = parse_score(content)
+        return score, (client.scrub(reason) if reason else None), False

@@ -10,6 +10,7 @@ from dqf.lm.batching import MAX_PADDING, collate, forward_mode, length_batches, 
 from dqf.lm.finetune import (TrainConfig, TrainExample, TrainResult, add_lora, load_adapter, merged_for_inference,
                              response_loss, save_trained, train_causal_lm, training_example, training_examples)
 from dqf.lm.generate import generate_answers, prepare_tokenizer, prompt_ids, prompt_text, response_ids, truncate_left
+from dqf.lm.http import EndpointError, JsonClient, Reply, api_key, retry_after_seconds
 from dqf.lm.losses import answer_losses
 from dqf.lm.models import (ModelMixin, ModelRef, effective_max_length, load_model, load_tokenizer, one_line,
                            pick_device, pick_dtype, resolve_model)
@@ -34,6 +35,8 @@ __all__ = [
     "next_token_logprobs", "answer_token_ids", "single_token_ids", "fit_prompt",
     # generation
     "prepare_tokenizer", "prompt_text", "prompt_ids", "response_ids", "truncate_left", "generate_answers",
+    # model servers over HTTP
+    "JsonClient", "Reply", "EndpointError", "api_key", "retry_after_seconds",
     # fine-tuning
     "TrainConfig", "TrainExample", "TrainResult", "training_example", "training_examples", "add_lora",
     "train_causal_lm", "response_loss", "save_trained", "load_adapter", "merged_for_inference",

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import dqf
 from scorer_helpers import scorer_batch
-from dqf_contrib.llm_judge.llm_judge import (ALPAGASUS_PROMPT, ALPAGASUS_SYSTEM, LlmJudgeScorer, fill_prompt,
-                                             parse_score, retry_after_seconds)
+from dqf.lm import retry_after_seconds
+from dqf_contrib.llm_judge.llm_judge import ALPAGASUS_PROMPT, ALPAGASUS_SYSTEM, LlmJudgeScorer, fill_prompt, parse_score
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 KEY_ENV = "DQF_TEST_JUDGE_KEY"
