@@ -12,6 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from dqf.errors import DqfError, PluginError, RecipeError
+from dqf.io.readers import inside_input
 from dqf.registry import KINDS, step_kind
 from dqf.where import WhereError, parse_where
 from dqf.plugin import BASE_COLUMNS, DERIVED_COLUMNS, Plugin, Probe, Scorer, Workspace
@@ -279,6 +280,10 @@ def _validate(path, label, raw, model, host, errors, workspace):
         first = next(s for s in steps if s.id == cycle[0])
         raise RecipeError(f"{label}: {first.key}.from: steps form a cycle: {' -> '.join(cycle)}")
     recipe = Recipe(path=path, model=model, steps=ordered, raw=raw)
+    for key, folder in (("output.dir", model.output.dir), ("cache.dir", model.cache.dir)):
+        problem = folder and inside_input(recipe.input_path, recipe.resolve(folder), key)
+        if problem:
+            errors.append(problem)
     errors.extend(_check_columns(recipe))
     if errors:
         raise RecipeError(*[f"{label}: {e}" for e in errors])

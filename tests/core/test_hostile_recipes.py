@@ -86,3 +86,57 @@ def test_a_cycle_is_named_in_order(tmp_path):
     path.write_text('[input]\npath = "pool.jsonl"\n[output]\ndir = "out"\n' + steps, encoding="utf-8")
     with pytest.raises(RecipeError, match=r"steps\[0\]\.from: steps form a cycle: a -> b -> c -> a"):
         dqf.validate(path)
+
+
+SHARDS = '''name = "s"
+[input]
+path = "shards"
+[output]
+dir = "{out}"
+[cache]
+dir = "{cache}"
+[[steps]]
+id = "all"
+select = {{ plugin = "random", fraction = 1.0 }}
+'''
+
+
+def _shards(tmp_path):
+    (tmp_path / "shards").mkdir()
+    for i in range(2):
+        (tmp_path / "shards" / f"{i}.jsonl").write_text(
+            "".join(f'{{"instruction": "q{i}{j}", "input": "", "output": "a"}}\n' for j in range(3)), encoding="utf-8")
+
+
+@pytest.mark.parametrize("out, cache, key, folder", [("shards/out", "c", "output.dir", "shards/out"),
+                                                     ("out", "shards/.cache", "cache.dir", "shards/.cache"),
+                                                     ("shards", "c", "output.dir", "shards")])
+def test_an_output_or_cache_dir_inside_a_folder_input_is_refused(tmp_path, monkeypatch, out, cache, key, folder):
+    _shards(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "r.toml"
+    path.write_text(SHARDS.format(out=out, cache=cache), encoding="utf-8")
+    message = (f"{key}: {folder} is inside the input folder shards, which is read recursively: the next run would "
+               f"read this run's files back as input rows; put {key} outside it")
+    with pytest.raises(RecipeError) as info:
+        dqf.validate(path)
+    assert str(info.value) == f"{path}: {message}"
+    assert not (tmp_path / out / "rows.parquet").exists()
+
+
+def test_a_default_cache_or_run_dir_inside_a_folder_input_is_refused_before_reading(tmp_path, monkeypatch):
+    _shards(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "r.toml"
+    path.write_text(SHARDS.format(out="out", cache="c").replace('[cache]\ndir = "c"\n', ""), encoding="utf-8")
+    monkeypatch.setenv("DQF_CACHE_DIR", str(tmp_path / "shards" / "cache"))
+    with pytest.raises(dqf.DqfError) as info:
+        dqf.run(path)
+    assert str(info.value).startswith("cache.dir: shards/cache is inside the input folder shards")
+    monkeypatch.setenv("DQF_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(dqf.DqfError) as info:
+        dqf.run(path, run_dir=tmp_path / "shards" / "run")
+    assert str(info.value).startswith("output.dir: shards/run is inside the input folder shards")
+    first = dqf.run(path)  # outside: runs, and a second run reads the same 6 rows, not its own outputs
+    second = dqf.run(path)
+    assert first.manifest["counts"]["rows_read"] == second.manifest["counts"]["rows_read"] == 6

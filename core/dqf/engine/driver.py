@@ -18,7 +18,7 @@ from dqf.plugin import BASE_COLUMNS, DERIVED_COLUMNS, FAILED_COLUMN, Probe, Scor
 from dqf.store import Store
 from dqf.store.atomic import atomic_open, write_parquet
 from dqf.engine.progress import Reporter, Timer
-from dqf.io.readers import derive_column, display_path
+from dqf.io.readers import derive_column, display_path, inside_input
 from dqf.recipe import Recipe, Step
 from dqf.io.writers import write_jsonl, write_selected
 
@@ -94,9 +94,13 @@ class Engine:
 
         total = Timer()
         started = _dt.datetime.now(_dt.timezone.utc)
-        _check_writable(self.run_dir, "output.dir")
-        if self.store.enabled:  # before the input is read, not when the first batch is cached
-            _check_writable(self.store.root, "cache.dir")
+        for folder, key in ((self.run_dir, "output.dir"), (self.store.root, "cache.dir")):
+            if key == "cache.dir" and not self.store.enabled:
+                continue
+            problem = inside_input(self.recipe.input_path, folder, key)
+            if problem:
+                raise DqfError(problem)
+            _check_writable(folder, key)  # before the input is read, not when the first batch is written
         self.host.hook.dqf_run_start(recipe=self.recipe, run_dir=self.run_dir)
 
         with self.reporter.task("read input", None) as advance:

@@ -36,6 +36,19 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
+def inside_input(input_path: Path, folder: Path, key: str) -> str | None:
+    """Why ``folder`` (the recipe's ``key``) cannot be where it is, or None: a folder input is read recursively,
+    so an output or cache folder inside it would be read back as input rows by the next run."""
+    try:
+        source, target = input_path.resolve(), folder.resolve()
+    except OSError:
+        return None
+    if not source.is_dir() or not target.is_relative_to(source):
+        return None
+    return (f"{key}: {display_path(folder)} is inside the input folder {display_path(input_path)}, which is read "
+            f"recursively: the next run would read this run's files back as input rows; put {key} outside it")
+
+
 def input_files(path: Path) -> list[Path]:
     if not path.exists():
         raise DataError(f"input.path: no such file or folder: {display_path(path)}")
