@@ -16,11 +16,11 @@ from dqf.engine.context import step_context
 from dqf.errors import DataError, DqfError
 from dqf.plugin import BASE_COLUMNS, DERIVED_COLUMNS, FAILED_COLUMN, Probe, Scorer, Selector, Workspace
 from dqf.store import Store
-from dqf.store.atomic import atomic_open, write_parquet
+from dqf.store.atomic import atomic_files, sweep_temporaries
 from dqf.engine.progress import Reporter, Timer
 from dqf.io.readers import derive_column, display_path, inside_input
 from dqf.recipe import Recipe, Step
-from dqf.io.writers import write_jsonl, write_selected
+from dqf.io.writers import output_file, selected_files, write_jsonl, write_selected
 
 KEPT = "kept"
 
@@ -101,6 +101,7 @@ class Engine:
             if problem:
                 raise DqfError(problem)
             _check_writable(folder, key)  # before the input is read, not when the first batch is written
+        sweep_temporaries(self.run_dir)  # what writers killed mid-write left (the cache sweeps its own)
         self.host.hook.dqf_run_start(recipe=self.recipe, run_dir=self.run_dir)
 
         with self.reporter.task("read input", None) as advance:
@@ -329,13 +330,30 @@ class Engine:
 
     def _write_outputs(self, rows, selected, read, step_reports, started, total, read_seconds) -> dict:
         out = self.recipe.model.output
-        write_parquet(rows, self.run_dir / "rows.parquet")
-        sel_path = write_selected(selected, self.run_dir, out.format)
-        qpath = self.run_dir / "quarantine.jsonl"
-        if read.quarantined:
-            write_jsonl(read.quarantined, qpath)
-        elif qpath.exists():
-            qpath.unlink()  # a stale file from an earlier run would misstate this one
+        inp = self.recipe.model.input
+        # All new or all old: an error while writing any output leaves the previous run's files as they were.
+        with atomic_files() as group:
+            rows.write_parquet(group.path(self.run_dir / "rows.parquet"))
+            sel_path = output_file(self.run_dir, out.format)
+            notes = write_selected(selected, group.path(sel_path), out.format, inp.fields)
+            for stale in selected_files(self.run_dir):  # another format's selection would misstate this run
+                if stale != sel_path:
+                    group.remove(stale)
+            qpath = self.run_dir / "quarantine.jsonl"
+            if read.quarantined:
+                write_jsonl(read.quarantined, group.path(qpath))
+            else:
+                group.remove(qpath)  # a stale file from an earlier run would misstate this one
+            manifest = self._manifest(rows, selected, read, step_reports, started, total, read_seconds, sel_path,
+                                      qpath, notes)
+            with open(group.path(self.run_dir / "manifest.json"), "w", encoding="utf-8") as fh:
+                json.dump(manifest, fh, indent=2, ensure_ascii=False, default=str)
+                fh.write("\n")
+        return manifest
+
+    def _manifest(self, rows, selected, read, step_reports, started, total, read_seconds, sel_path, qpath,
+                  notes) -> dict:
+        out = self.recipe.model.output
         manifest = {
             "name": self.recipe.name,
             "dqf_version": __version__,
@@ -366,14 +384,12 @@ class Engine:
                 "selected_file": display_path(sel_path),
                 "rows_file": display_path(self.run_dir / "rows.parquet"),
                 "quarantine_file": display_path(qpath) if read.quarantined else None,
+                **notes,
             },
             "cache": {"dir": str(self.store.root), "enabled": self.store.enabled},
             "engine": self.executor.record(),
         }
         manifest["wall_seconds"] = round(total.seconds, 4)
-        with atomic_open(self.run_dir / "manifest.json") as fh:
-            json.dump(manifest, fh, indent=2, ensure_ascii=False, default=str)
-            fh.write("\n")
         return manifest
 
     def _plugin_record(self, step: Step) -> dict:

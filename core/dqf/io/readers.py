@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping
 
 from dqf.errors import DataError
 from dqf.io.rows import BadRow, canonicalize, conversation
+from dqf.io.values import parse_constant, to_raw
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 #: Unique rows gathered as Python objects before they are turned into columns (bounds the reader's memory).
@@ -82,7 +83,7 @@ def _iter_jsonl(path: Path, text: str, lossy: bool = False) -> Iterator[tuple[in
             yield lineno, bad[0], bad[1]
             continue
         try:
-            yield lineno, json.loads(line), line
+            yield lineno, json.loads(line, parse_constant=parse_constant), line
         except json.JSONDecodeError as exc:
             yield lineno, BadRow(f"invalid JSON ({exc.msg} at column {exc.colno})"), line
 
@@ -98,7 +99,7 @@ def _end_of_array(path: Path, text: str, i: int, name: str | None) -> None:
 
 def _iter_json_array(path: Path, text: str, lossy: bool = False, name: str | None = None) -> Iterator[tuple[int, Any, str]]:
     """Yield each element of a top-level JSON array with the line it starts on."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_constant=parse_constant)
     i = _WS.match(text, 0).end()
     i = _WS.match(text, i + 1).end()  # past "["
     line, pos = 1, 0
@@ -234,7 +235,7 @@ def read_file(fpath: Path, *, fmt: str = "auto", fields: Mapping[str, str] | Non
             cols["output"].append(canon.output)
             cols["n_turns"].append(canon.n_turns)
             cols["_source"].append(source)
-            cols["_raw"].append(json.dumps(rec, ensure_ascii=False))
+            cols["_raw"].append(to_raw(rec))
             if len(cols["_raw"]) >= CHUNK_ROWS:
                 flush()
             if progress is not None and rows_read % 4096 == 0:

@@ -94,7 +94,11 @@ def _turns(record: Mapping, key: str, role_key: str, text_key: str) -> list[tupl
         canon = _ROLE.get(role.lower())
         if canon is None:
             raise BadRow(f"unknown role {role!r} (expected one of {', '.join(sorted(_ROLE))})", f"{where}.{role_key}")
-        if text_key not in t or t[text_key] is None:
+        if t.get(text_key) is None:
+            calls = t.get("tool_calls") or t.get("function_call")
+            if calls and canon == "assistant":  # an OpenAI tool-call turn: its text is the call, as JSON
+                out.append((canon, _valid_text(json.dumps(calls, ensure_ascii=False, sort_keys=True), f"{where}.tool_calls")))
+                continue
             raise BadRow("missing", f"{where}.{text_key}")
         out.append((canon, _content_text(t[text_key], f"{where}.{text_key}")))
     return out

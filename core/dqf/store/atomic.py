@@ -86,6 +86,64 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
         raise
 
 
+class FileGroup:
+    """Files that replace their targets together or not at all (a run's outputs: rows, selection, manifest).
+
+    :meth:`path` reserves a temporary beside each target (named as :func:`atomic_path` names
+    them, so :func:`sweep_temporaries` knows them); nothing is renamed until every file of the
+    group is written, so an error while writing any of them leaves every old file as it was.
+    The renames then run in the order the paths were asked for: ask for the file readers trust
+    first (the manifest) last. Only a crash between two renames, a few microseconds, can mix.
+    """
+
+    def __init__(self):
+        self._temps: list[tuple[Path, Path]] = []
+        self._removals: list[Path] = []
+
+    def path(self, target: str | Path) -> Path:
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_host()}-{os.getpid()}.", suffix=".tmp",
+                                   dir=target.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        self._temps.append((Path(tmp), target))
+        return Path(tmp)
+
+    def remove(self, target: str | Path) -> None:
+        """Delete ``target`` (a stale file of an earlier run) when the group commits."""
+        self._removals.append(Path(target))
+
+    def _commit(self) -> None:
+        for tmp, _ in self._temps:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        for tmp, target in self._temps:
+            os.replace(tmp, target)
+        for target in self._removals:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+
+    def _abort(self) -> None:
+        for tmp, _ in self._temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_files() -> Iterator[FileGroup]:
+    """A :class:`FileGroup`: its files replace their targets when the block ends without an error."""
+    group = FileGroup()
+    try:
+        yield group
+        group._commit()
+    except BaseException:
+        group._abort()
+        raise
+
+
 def write_parquet(frame, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         frame.write_parquet(tmp)
