@@ -413,31 +413,72 @@ def _check_columns(recipe: Recipe) -> list[str]:
                 errors.append(f"{s.key}.{s.kind}: column {c!r} is also produced by step {producers[c]!r}")
             else:
                 producers[c] = s.id
+    # A column is on a step's path when its producer is an ancestor of the step in the tree of `from` links:
+    # entry/exit times of one depth-first walk answer that in O(1), so checking is linear in the recipe's size.
+    tin, tout = _euler_times(recipe.steps)
+    by_id = {s.id: s for s in recipe.steps}
+
+    def upstream(c: str, s: Step) -> bool:
+        p = producers.get(c)
+        return p is not None and p != s.id and tin[p] < tin[s.id] and tout[s.id] <= tout[p]
+
+    def available(s: Step) -> set[str]:  # only to list in an error message
+        return set(BASE_COLUMNS).union(*(set(p.columns) for p in recipe.chain(s.id)[:-1]))
+
     for s in recipe.steps:
-        available = set(BASE_COLUMNS)
-        for prev in recipe.chain(s.id)[:-1]:
-            available |= set(prev.columns)
         if s.where is not None:
-            own = available | set(s.columns) if s.kind != "select" else available
-            errors.extend(_check_where(s, own, {**BASE_COLUMNS, **{c: t for p in recipe.chain(s.id) for c, t in p.columns.items()}}))
-        readable = available | set(DERIVED_COLUMNS) if s.kind == "score" else available  # derived: scorers only
-        for c in sorted(set(s.plugin.requires()) - readable):
-            errors.append(f"{s.key}.{s.kind}: needs column {c!r}, which no earlier step on its path produces "
-                          f"({_avail(available)})")
+            own = set(s.columns) if s.kind != "select" else set()
+            w = _parse(s)
+            if isinstance(w, str):
+                errors.append(w)
+            else:
+                missing = [c for c in sorted(w.columns) if c not in BASE_COLUMNS and c not in own and not upstream(c, s)]
+                errors.extend(_check_where(s, w, missing, lambda s=s, own=own: available(s) | own,
+                                           lambda c: BASE_COLUMNS.get(c) or by_id[producers[c]].columns.get(c)))
+        derived = set(DERIVED_COLUMNS) if s.kind == "score" else set()  # derived: scorers only
+        for c in sorted(set(s.plugin.requires())):
+            if c not in BASE_COLUMNS and c not in derived and not upstream(c, s):
+                errors.append(f"{s.key}.{s.kind}: needs column {c!r}, which no earlier step on its path produces "
+                              f"({_avail(available(s))})")
     return errors
 
 
-def _check_where(s: Step, own: set[str], dtypes: dict) -> list[str]:
-    """A step's ``where`` is a row predicate (:mod:`dqf.where`) over columns it can see, and true/false valued."""
+def _euler_times(steps: list[Step]) -> tuple[dict[str, int], dict[str, int]]:
+    """Entry and exit times of an iterative depth-first walk over the tree of ``from`` links (roots: input)."""
+    children: dict[str, list[str]] = {}
+    for s in steps:
+        children.setdefault(s.source, []).append(s.id)
+    tin: dict[str, int] = {}
+    tout: dict[str, int] = {}
+    clock = 0
+    stack = [(root, False) for root in children.get("input", [])[::-1]]
+    while stack:
+        node, done = stack.pop()
+        clock += 1
+        if done:
+            tout[node] = clock
+            continue
+        tin[node] = clock
+        stack.append((node, True))
+        stack.extend((c, False) for c in children.get(node, [])[::-1])
+    return tin, tout
+
+
+def _parse(s: Step):
     try:
-        w = parse_where(s.where)
+        return parse_where(s.where)
     except WhereError as exc:
-        return [f"{s.key}.where: {exc} (in {s.where!r}); `where` is a condition on each row's columns"]
-    errors = [f"{s.key}.where: column {c!r} is not produced by this step or an earlier step on its path ({_avail(own)})"
-              for c in sorted(w.columns - own)]
+        return f"{s.key}.where: {exc} (in {s.where!r}); `where` is a condition on each row's columns"
+
+
+def _check_where(s: Step, w, missing: list[str], visible, dtype_of) -> list[str]:
+    """A step's ``where`` (parsed: :mod:`dqf.where`) reads only columns it can see, and is true/false valued.
+    ``visible()`` lists those columns (for the message); ``dtype_of(column)`` gives a visible column's type."""
+    errors = [f"{s.key}.where: column {c!r} is not produced by this step or an earlier step on its path "
+              f"({_avail(visible())})" for c in missing]
     if errors or w.boolean:
         return errors
-    dtype = str(dtypes.get(w.bare_column, "")) if w.bare_column else ""
+    dtype = str(dtype_of(w.bare_column) or "") if w.bare_column else ""
     if w.bare_column and dtype.lower() in ("boolean", "bool"):
         return []
     what = f"column {w.bare_column!r} is {dtype}" if w.bare_column else f"{s.where!r} is a value"

@@ -314,13 +314,12 @@ class Engine:
         selected = pl.col("_idx").is_in(final.implode())
         # The reason a row is not in the output: the first drop on the path to the first output step.
         chain = self.recipe.chain(self.recipe.output_steps[0]) if self.recipe.output_steps[0] != "input" else []
-        dropped_by = pl.lit(None, dtype=pl.String)
-        reason = pl.lit(None, dtype=pl.String)
-        for s in reversed(chain):
-            c = pl.col(f"step_{s.id}")
-            is_drop = c.is_not_null() & (c != KEPT)
-            dropped_by = pl.when(is_drop).then(pl.lit(s.id)).otherwise(dropped_by)
-            reason = pl.when(is_drop).then(c).otherwise(reason)
+        # coalesce() over the path, not nested when/otherwise: a flat expression, so 10,000 steps stay linear.
+        drops = [(pl.col(f"step_{s.id}").is_not_null() & (pl.col(f"step_{s.id}") != KEPT), s) for s in chain]
+        dropped_by = pl.coalesce([pl.lit(None, dtype=pl.String)] +
+                                 [pl.when(d).then(pl.lit(s.id)) for d, s in drops])
+        reason = pl.coalesce([pl.lit(None, dtype=pl.String)] +
+                             [pl.when(d).then(pl.col(f"step_{s.id}")) for d, s in drops])
         frame = frame.with_columns(
             selected.alias("selected"),
             pl.when(selected).then(None).otherwise(dropped_by).alias("dropped_by"),
