@@ -38,9 +38,10 @@ FAILED_COLUMN = "_failed"
 
 
 class PluginOptions(BaseModel):
-    """Typed options of a plugin. Unknown keys are errors, so a recipe typo never becomes a silent default."""
+    """Typed options of a plugin. Unknown keys are errors, so a recipe typo never becomes a silent default; types are
+    strict (`k = true` or `k = "3"` is not an integer) and NaN or infinity is no number an option takes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class BudgetOptions(PluginOptions):

@@ -194,3 +194,24 @@ def test_ten_thousand_steps_validate_in_linear_time(tmp_path, shape):
         with pytest.raises(RecipeError, match=r"steps\[9999\]\.where: column 'c5' is not produced by this step or an "
                                               r"earlier step on its path \(available: c9999, id, input, instruction"):
             dqf.validate(path)
+
+
+@pytest.mark.parametrize("option, message", [
+    ("k = true", "steps[0].select.k: Input should be a valid integer"),
+    ('k = "3"', "steps[0].select.k: Input should be a valid integer"),
+    ("k = 2.0", "steps[0].select.k: Input should be a valid integer"),
+    ("fraction = nan", "steps[0].select.fraction: Input should be a finite number"),
+    ("fraction = inf", "steps[0].select.fraction: Input should be a finite number"),
+])
+def test_plugin_options_take_their_own_type_only(tmp_path, option, message):
+    path = tmp_path / "r.toml"
+    path.write_text('name = "t"\n' + BODY.replace("fraction = 1.0", option), encoding="utf-8")
+    with pytest.raises(RecipeError) as info:
+        dqf.validate(path)
+    assert str(info.value).startswith(f"{path}: {message}")
+
+
+def test_an_integer_is_still_a_number_where_a_float_is_asked(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('name = "t"\n' + BODY.replace("fraction = 1.0", "fraction = 1"), encoding="utf-8")
+    assert dqf.validate(path).steps[0].plugin.options.fraction == 1.0

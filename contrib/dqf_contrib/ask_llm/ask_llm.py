@@ -20,8 +20,8 @@ ASK_LLM_PROMPT = (
     "the world, and strictly NOT have any harmful, racist, sexist, etc. content.\n"
     "OPTIONS:\n- yes\n- no"
 )
-YES_WORDS = ("yes", " yes")
-NO_WORDS = ("no", " no")
+YES_WORDS = ["yes", " yes"]
+NO_WORDS = ["no", " no"]
 
 
 def example_text(instruction: str, input_: str, output: str) -> str:
@@ -34,10 +34,10 @@ class AskLlmOptions(CausalLMOptions):
                                                               ".gguf file, pkg:NAME or a Hugging Face hub id. The "
                                                               "paper uses Flan-T5 / instruction-tuned LMs.")
     prompt: str = Field(default=ASK_LLM_PROMPT, description="Prompt with one {example} placeholder.")
-    yes_words: tuple[str, ...] = Field(default=YES_WORDS, min_length=1,
+    yes_words: list[str] = Field(default_factory=lambda: list(YES_WORDS), min_length=1,
                                        description="Spellings of the yes answer; those the tokenizer has as a "
                                                    "single token are summed.")
-    no_words: tuple[str, ...] = Field(default=NO_WORDS, min_length=1, description="Spellings of the no answer.")
+    no_words: list[str] = Field(default_factory=lambda: list(NO_WORDS), min_length=1, description="Spellings of the no answer.")
     column: str = Field(default="ask_llm", min_length=1, description="Output column.")
 
     @field_validator("prompt")
