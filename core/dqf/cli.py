@@ -138,11 +138,14 @@ def cache():
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache directory (default: $DQF_CACHE_DIR, else $XDG_CACHE_HOME/dqf or ~/.cache/dqf).")
 def cache_clear(cache_dir):
     """Delete everything dqf cached (scores, embeddings, artifacts, models)."""
-    from dqf.store import Store
+    from dqf.store import MARKER, Store
 
     c = Store(cache_dir)
-    freed = c.clear()
+    freed, kept = c.clear()
     click.echo(f"cleared {c.root} ({freed / 1e6:.1f} MB)")
+    for d in kept:
+        click.echo(f"left {d}: no {MARKER} file in it, so dqf did not make it (delete it yourself if it is dqf's)",
+                   err=True)
 
 
 @cache.command("path")

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from dqf.store import MARKER
 from dqf.store.atomic import _host, sweep_temporaries
 from dqf.store.embeddings import SHARD_TEXTS
 
@@ -168,7 +169,7 @@ def check_no_torn_files(cache: Path) -> None:
         elif path.name.endswith(".npy"):
             np.load(path)
         else:
-            assert path.name == "plugin.json", path
+            assert path.name in ("plugin.json", MARKER), path
 
 
 def outputs(out: Path) -> tuple[pl.DataFrame, list[dict]]:
