@@ -24,7 +24,30 @@ def chat(content: str) -> bytes:
     return response(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
 
-class RawServer:
+class Serving:
+    """Runs ``self.server`` (a socketserver) on a thread while in a ``with`` block; it stops itself after 60 s."""
+
+    def _serve(self, server) -> None:
+        self.server = server
+        self.port = server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.stopper = threading.Timer(60, server.shutdown)  # bounded: stops itself whatever happens
+        self.stopper.daemon = True
+
+    def __enter__(self):
+        self.thread.start()
+        self.stopper.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopper.cancel()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class RawServer(Serving):
     """Threaded TCP server speaking just enough HTTP: reads one request, sends what ``answer`` returns, closes.
 
     ``requests`` records ``(path, headers, body)`` of every request. Stops itself after 60 s whatever happens.
@@ -67,27 +90,9 @@ class RawServer:
                 except OSError:  # the client closed first (its deadline): nothing to do
                     pass
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
-        self.server.allow_reuse_address = True
-        self.server.daemon_threads = True
-        self.server.server_bind()
-        self.server.server_activate()
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.stopper = threading.Timer(60, self.server.shutdown)
-        self.stopper.daemon = True
-
-    def __enter__(self):
-        self.thread.start()
-        self.stopper.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopper.cancel()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        self._serve(server)
 
 
 def trickle(data: bytes, pause: float):

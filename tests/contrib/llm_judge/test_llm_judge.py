@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import dqf
 from scorer_helpers import scorer_batch
 from dqf.lm import retry_after_seconds
+from http_servers import Serving
 from dqf_contrib.llm_judge.llm_judge import ALPAGASUS_PROMPT, ALPAGASUS_SYSTEM, LlmJudgeScorer, fill_prompt, parse_score
 
 KEY = "sk-test-SECRET-0123456789abcdef"
@@ -97,7 +98,7 @@ def test_hf_generate_mode_parses_or_gives_reason(tiny_models):
 
 # -- openai backend against a real local server ------------------------------------------------------
 
-class JudgeServer:
+class JudgeServer(Serving):
     """An OpenAI-compatible chat-completions server on 127.0.0.1 whose answer depends on the instruction."""
 
     def __init__(self, slow_seconds=1.0, hold=True):
@@ -180,23 +181,9 @@ class JudgeServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.stopper = threading.Timer(60, self.httpd.shutdown)  # bounded: stops itself whatever happens
-        self.stopper.daemon = True
-
-    def __enter__(self):
-        self.thread.start()
-        self.stopper.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopper.cancel()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd.daemon_threads = True
+        self._serve(httpd)
 
 
 @pytest.fixture
