@@ -25,7 +25,7 @@ HEAVY = ("numpy", "polars", "torch", "transformers")
 PUBLIC = {"dqf": dqf, "dqf.lm": dqf.lm, "dqf.select": dqf.select, "dqf.testing": dqf.testing}
 #: The plugin contract: what ``dqf`` itself exports, and nothing else.
 CONTRACT = {
-    "__version__", "hookimpl", "Plugin", "Scorer", "Selector", "Probe", "Embedder", "PluginOptions", "BudgetOptions",
+    "__version__", "hookimpl", "Plugin", "Scorer", "Selector", "Probe", "Embedder", "Backend", "PluginOptions", "BudgetOptions",
     "PluginSpec", "StepContext", "Workspace", "BASE_COLUMNS", "DERIVED_COLUMNS", "FAILED_COLUMN", "row_texts",
     "atomic_path", "DqfError", "DataError", "PluginError", "RecipeError", "require", "missing_dependency",
     "load_recipe", "validate", "run",

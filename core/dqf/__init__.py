@@ -10,8 +10,8 @@ from __future__ import annotations
 from dqf._version import __version__
 from dqf.errors import DataError, DqfError, PluginError, RecipeError, missing_dependency, require
 from dqf.hookspecs import hookimpl
-from dqf.plugin import (BASE_COLUMNS, DERIVED_COLUMNS, FAILED_COLUMN, BudgetOptions, Embedder, Plugin, PluginOptions,
-                        PluginSpec, Probe, Scorer, Selector, StepContext, Workspace, row_texts)
+from dqf.plugin import (BASE_COLUMNS, DERIVED_COLUMNS, FAILED_COLUMN, Backend, BudgetOptions, Embedder, Plugin,
+                        PluginOptions, PluginSpec, Probe, Scorer, Selector, StepContext, Workspace, row_texts)
 from dqf.store.atomic import atomic_path
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Selector",
     "Probe",
     "Embedder",
+    "Backend",
     "PluginOptions",
     "BudgetOptions",
     "PluginSpec",

@@ -59,6 +59,20 @@ def dqf_register_embedders(register):
 
 
 @hookspec
+def dqf_register_backends(register):
+    """Register LM backend classes.
+
+    :param register: call ``register(BackendClass)`` once per :class:`dqf.Backend` subclass.
+    :return: ignored.
+
+    Backends are where model plugins get generated answers, next-token probabilities and
+    answer losses: transformers in-process (``transformers``), a vLLM engine (``vllm``), an
+    OpenAI-compatible server (``openai``). A plugin names one in its options, e.g.
+    ``backend = { plugin = "vllm", tensor_parallel_size = 2 }``; see :class:`dqf.Backend`.
+    """
+
+
+@hookspec
 def dqf_register_commands(cli):
     """Add commands to the ``dqf`` command-line tool.
 

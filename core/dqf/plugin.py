@@ -1,4 +1,5 @@
-"""Base classes every scorer, selector, probe and embedder derives from, and the context the engine hands them."""
+"""Base classes every scorer, selector, probe, embedder and backend derives from, and the context the engine hands
+them."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import math
 from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:  # polars and numpy are imported lazily so entry-point modules import fast
     import numpy as np
     import polars as pl
+
+    from dqf.lm.backends import ModelSource
 
 #: Columns every row has before any step runs (the canonical view of a row).
 BASE_COLUMNS: dict[str, str] = {
@@ -263,6 +266,59 @@ class Embedder(Plugin):
     def texts(self, rows: "pl.DataFrame") -> list[str]:
         """The text of each row this embedder embeds: its ``field`` option (see :func:`dqf.row_texts`)."""
         return row_texts(rows, getattr(self.options, "field", "instruction"))
+
+
+class Backend(Plugin):
+    """Where a model plugin's answers and token probabilities come from: transformers in this process, a vLLM
+    engine, or an inference server. Plugins never call a model library for these; they call their backend.
+
+    A plugin names its backend in its options (``backend = { plugin = "vllm", tensor_parallel_size = 2 }``,
+    default ``transformers``) and hands it token ids it rendered itself, so the prompt text — the chat
+    template included — is dqf's on every backend. The plugin owns the calls: :meth:`open` once, any of
+    :meth:`generate`, :meth:`next_token_logprobs`, :meth:`answer_losses`, then :meth:`close`.
+    """
+
+    kind: ClassVar[str] = "backend"
+    #: What this backend computes, a subset of ``{"generate", "beam_search", "next_token", "answer_losses"}``;
+    #: a plugin checks it at validation, so a missing capability is an error before any work starts.
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def results_identity(self) -> dict:
+        """What changes the numbers this backend returns for the same model and inputs (its precision, its
+        engine), for the caller's cache key. Options that change only speed are left out."""
+        return {"backend": self.name}
+
+    def open(self, model: "ModelSource", *, device: Any = None, dtype: Any = None) -> None:
+        """Load or connect to ``model`` (a :class:`dqf.lm.ModelSource`: weights, an optional LoRA adapter, the
+        tokenizer); ``device``/``dtype`` are the calling plugin's choice, where the backend has one."""
+        raise NotImplementedError
+
+    def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, num_beams: int = 1,
+                 batch_size: int | None = None, on_batch: Callable[[list[int], list], None] | None = None) -> list:
+        """Deterministic answers to tokenized ``prompts``, in order: greedy (or ``num_beams`` beam search),
+        only the new tokens, decoded without special tokens and stripped. A prompt the backend could not
+        answer (a failed request) is ``None``; :meth:`failures` says why. ``batch_size`` is the caller's
+        batch for in-process backends (engines and servers schedule their own); ``on_batch(positions,
+        texts)`` runs after each finished batch, so the caller can cache it."""
+        raise NotImplementedError
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]],
+                            token_sets: Sequence[Sequence[int]]) -> "np.ndarray":
+        """``out[i, j]``: log of the total probability of the ids in ``token_sets[j]`` as the next token after
+        ``prompts[i]`` (NaN where it could not be computed)."""
+        raise NotImplementedError
+
+    def answer_losses(self, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]]) -> "np.ndarray":
+        """Mean negative log-likelihood (nats per token) of each ``answers[i]`` given ``prompts[i]`` (NaN when
+        there is no answer token)."""
+        raise NotImplementedError
+
+    def failures(self) -> dict[int, str]:
+        """Positions of the last call's prompts that failed, and why (empty for in-process backends)."""
+        return {}
+
+    def close(self) -> None:
+        """Free the model (or the connection)."""
 
 
 def row_texts(rows: "pl.DataFrame", field: str) -> list[str]:

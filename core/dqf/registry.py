@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from dqf import hookspecs
 from dqf.errors import PluginError
-from dqf.plugin import Embedder, Plugin, Probe, Scorer, Selector
+from dqf.plugin import Backend, Embedder, Plugin, Probe, Scorer, Selector
 
 ENTRY_POINT_GROUP = "dqf"
 
@@ -39,6 +39,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("selector", Selector, "dqf_register_selectors", "select"),
     Kind("probe", Probe, "dqf_register_probes", "probe"),
     Kind("embedder", Embedder, "dqf_register_embedders", None),
+    Kind("backend", Backend, "dqf_register_backends", None),
 )}
 
 

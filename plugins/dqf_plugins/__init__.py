@@ -41,3 +41,10 @@ def dqf_register_embedders(register):
     from .hf_encoder import HfEncoderEmbedder
 
     register(HfEncoderEmbedder)
+
+
+@hookimpl
+def dqf_register_backends(register):
+    from .transformers_backend import TransformersBackend
+
+    register(TransformersBackend)

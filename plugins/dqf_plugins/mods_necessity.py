@@ -12,9 +12,9 @@ from typing import Literal, Optional, Union
 from pydantic import Field, model_validator
 
 from dqf import DqfError, PluginOptions, PluginSpec, Probe, atomic_path
-from dqf.lm import (TrainConfig, add_lora, generate_answers, load_adapter, load_model, load_tokenizer,
-                    merged_for_inference, pick_device, pick_dtype, prepare_tokenizer, prompt_ids, resolve_model,
-                    save_trained, train_causal_lm, training_examples, truncate_left)
+from dqf.lm import (ModelSource, TrainConfig, add_lora, load_model, load_tokenizer, merged_for_inference, pick_device,
+                    pick_dtype, prepare_tokenizer, prompt_ids, require_capabilities, resolve_model, save_trained,
+                    train_causal_lm, training_examples, truncate_left, weights_folder)
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -74,6 +74,10 @@ class ModsNecessityOptions(PluginOptions):
         "reward model."))
     judge_column: Optional[str] = Field(default=None, description="Which of the judge's columns is the score; "
                                                                   "needed when it declares several.")
+    backend: PluginSpec = Field(default=PluginSpec(plugin="transformers"), description=(
+        "Where the answers are generated (docs/backends.md): `transformers` (this process), `vllm` (a vLLM "
+        "engine; the LoRA adapter is served unmerged) or `openai` (an OpenAI-compatible server). Fine-tuning "
+        "always runs in this process."))
 
     @model_validator(mode="after")
     def _seed_set(self):
@@ -93,7 +97,7 @@ class ModsNecessityProbe(Probe):
     name = "mods-necessity"
     version = "1"
     Options = ModsNecessityOptions
-    nested_plugins = {"judge": "scorer"}
+    nested_plugins = {"judge": "scorer", "backend": "backend"}
 
     @property
     def _ref(self):
@@ -159,6 +163,10 @@ class ModsNecessityProbe(Probe):
         judge = self.nested.get("judge")
         if judge is not None:
             self._judge_column(judge)
+        backend = self.nested.get("backend")
+        if backend is not None:
+            require_capabilities(backend, {"generate"} | ({"beam_search"} if self.options.num_beams > 1 else set()),
+                                 f"mods-necessity (num_beams = {self.options.num_beams})")
 
     def _judge_column(self, judge) -> str:
         """The judge column that becomes `necessity`, checked before any expensive work starts."""
@@ -218,12 +226,17 @@ class ModsNecessityProbe(Probe):
         return "model-" + self._hash({"v": self.version, "base": self._ref.identity, "train": self._train_options(),
                                       "dtype": str(dtype), "seed": seed, "rows": train_ids})
 
-    def _gen_key(self, model_key: str, dtype) -> str:
+    def _gen_key(self, model_key: str, dtype, backend) -> str:
         o = self.options
-        # Batch size is left out: it changes only padding, which the attention mask hides.
-        return "gen-" + self._hash({"v": self.version, "model": model_key, "template": o.prompt_template,
-                                    "max_new_tokens": o.max_new_tokens, "num_beams": o.num_beams,
-                                    "max_prompt_length": o.max_prompt_length, "dtype": str(dtype)})
+        # Batch size is left out: it changes only padding, which the attention mask hides. Another engine's
+        # numbers may differ in the last bits (a near-tie can flip a token), so it gets its own entry; the
+        # in-process default keeps the key it always had.
+        payload = {"v": self.version, "model": model_key, "template": o.prompt_template,
+                   "max_new_tokens": o.max_new_tokens, "num_beams": o.num_beams,
+                   "max_prompt_length": o.max_prompt_length, "dtype": str(dtype)}
+        if backend.name != "transformers":
+            payload["backend"] = backend.results_identity()
+        return "gen-" + self._hash(payload)
 
     # -- generation ---------------------------------------------------------------------------------
     def _generations(self, rows, context) -> list[str]:
@@ -239,13 +252,17 @@ class ModsNecessityProbe(Probe):
             if train_rows.height == 0:
                 raise DqfError(f"mods-necessity: step {o.train_on!r} (train_on) kept no rows: nothing to fine-tune on")
         model_key = self._model_key(dtype, None if train_rows is None else train_rows["id"].to_list(), context.seed)
-        gen_dir = context.artifact_dir(self, self._gen_key(model_key, dtype))
+        backend = self.nested.get("backend")
+        if backend is None:
+            raise DqfError("mods-necessity: the backend plugin was not built (build the probe through a recipe)")
+        gen_dir = context.artifact_dir(self, self._gen_key(model_key, dtype, backend))
         cached = _load_generations(gen_dir)
         ids = rows["id"].to_list()
         todo = [i for i, rid in enumerate(ids) if rid not in cached]
         st["generation_cached_rows"] = len(ids) - len(todo)
         if todo:
-            model, tok = self._model(context, model_key, train_rows, device, dtype)
+            source = self._source(context, model_key, train_rows, device, dtype, in_process=backend.name == "transformers")
+            tok = source.tokenizer
             prompts, cut = [], 0
             for i in todo:
                 p, was_cut = truncate_left(prompt_ids(tok, rows["instruction"][i], rows["input"][i], o.prompt_template),
@@ -255,43 +272,55 @@ class ModsNecessityProbe(Probe):
             st["prompts_truncated"] = cut
             gen_dir.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
+            failed: dict[str, str] = {}
             with context.progress(f"{context.step_id}: generate", len(todo)) as advance:
                 def keep(positions, texts):
-                    batch_ids = [ids[todo[p]] for p in positions]
-                    _write_part(gen_dir, pl.DataFrame({"id": batch_ids, "generated": texts},
-                                                      schema={"id": pl.String, "generated": pl.String}))
-                    cached.update(zip(batch_ids, texts))
+                    # A failed request (a server's) is not cached: the next run asks again for that row only.
+                    done = [(ids[todo[p]], t) for p, t in zip(positions, texts) if t is not None]
+                    if done:
+                        _write_part(gen_dir, pl.DataFrame({"id": [d[0] for d in done], "generated": [d[1] for d in done]},
+                                                          schema={"id": pl.String, "generated": pl.String}))
+                        cached.update(done)
                     advance(len(positions))
 
-                generate_answers(model, tok, prompts, max_new_tokens=o.max_new_tokens, num_beams=o.num_beams,
-                                 batch_size=o.batch_size, on_batch=keep)
+                backend.open(source, device=device, dtype=dtype)
+                try:
+                    backend.generate(prompts, max_new_tokens=o.max_new_tokens, num_beams=o.num_beams,
+                                     batch_size=o.batch_size, on_batch=keep)
+                    failed = {ids[todo[p]]: why for p, why in backend.failures().items()}
+                finally:
+                    backend.close()
             seconds = time.perf_counter() - start
-            st["generated_rows"] = len(todo)
+            st["backend"] = backend.name
+            st["generated_rows"] = len(todo) - len(failed)
             st["generation_seconds"] = round(seconds, 3)
             st["generation_rows_per_s"] = round(len(todo) / seconds, 3) if seconds > 0 else None
-            del model
-        return [cached[rid] for rid in ids]
+            if failed:
+                st["generation_failed_rows"] = len(failed)
+                reasons: dict[str, int] = {}
+                for why in failed.values():
+                    reasons[why] = reasons.get(why, 0) + 1
+                st["generation_failure_reasons"] = reasons
+        return [cached.get(rid) for rid in ids]
 
-    def _model(self, context, model_key: str, train_rows, device, dtype):
-        """The model to generate with (trained now, loaded from the artifact cache, or the base) and its tokenizer."""
+    def _source(self, context, model_key: str, train_rows, device, dtype, *, in_process: bool) -> ModelSource:
+        """The model to generate with — the base, the fine-tune cached from an earlier run, or one trained now —
+        as a backend opens it. ``in_process``: a model trained now is handed over in memory (no reload)."""
         import torch
 
         o, st = self.options, self._stats
         tok = load_tokenizer(self._ref, cache_dir=context.cache_dir)
         prepare_tokenizer(tok)
+        base = str(weights_folder(self._ref, context.cache_dir))
         if not o.finetune:
-            return load_model(self._ref, "AutoModelForCausalLM", device=device, dtype=dtype,
-                              cache_dir=context.cache_dir, inference=True), tok
+            return ModelSource(base, tok, identity=self._ref.identity)
         art = context.artifact_dir(self, model_key)
+        saved = (ModelSource(base, tok, adapter=str(art), identity=self._ref.identity) if o.method == "lora"
+                 else ModelSource(str(art), tok, identity={"artifact": model_key}))
         if (art / "train.json").exists():
             st["finetune"] = "cached"
             st["artifact"] = str(art)
-            if o.method == "lora":
-                base = load_model(self._ref, "AutoModelForCausalLM", device=device, dtype=dtype,
-                                  cache_dir=context.cache_dir)
-                return load_adapter(base, art), tok
-            return load_model(resolve_model(str(art)), "AutoModelForCausalLM", device=device, dtype=dtype,
-                              inference=True), tok
+            return saved
 
         # Full fine-tuning keeps fp32 master weights (bf16 AdamW updates underflow); half precision runs via autocast.
         load_dtype = torch.float32 if o.method == "full" else dtype
@@ -327,7 +356,10 @@ class ModsNecessityProbe(Probe):
                    "train_seconds": round(result.seconds, 3), "train_tokens_per_s": round(result.tokens_per_s, 1),
                    "train_loss_first_epoch": round(result.epoch_losses[0], 4),
                    "train_loss_last_epoch": round(result.epoch_losses[-1], 4)})
-        return merged_for_inference(model, o.method, dtype), tok
+        if not in_process:
+            return saved
+        saved.loaded = merged_for_inference(model, o.method, dtype)
+        return saved
 
 
 def _load_generations(folder: Path) -> dict[str, str]:

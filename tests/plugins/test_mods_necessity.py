@@ -300,7 +300,8 @@ def test_default_judge_is_the_reward_model_and_probe_is_registered(llama):
     info = dqf.registry.build_plugin_manager().get("probe", "mods-necessity")
     assert info.provider.distribution == "dqf"
     opts = info.cls.Options(base_model=llama, train_on="seed")
-    assert opts.judge.plugin == "reward-model" and info.cls.nested_plugins == {"judge": "scorer"}
+    assert opts.judge.plugin == "reward-model" and info.cls.nested_plugins == {"judge": "scorer", "backend": "backend"}
+    assert opts.backend.plugin == "transformers"
     reference = (3, 2e-5, "cosine", 0.03, 4)  # MoDS train/run.sh and inference defaults
     assert (opts.epochs, opts.learning_rate, opts.lr_scheduler, opts.warmup_ratio, opts.num_beams) == reference
     probe = info.cls(opts)

@@ -6,6 +6,7 @@ Importing it loads no model library: torch and transformers are imported by the 
 
 from __future__ import annotations
 
+from dqf.lm.backends import ModelSource, require_capabilities
 from dqf.lm.batching import MAX_PADDING, collate, forward_mode, length_batches, pad_token_id
 from dqf.lm.finetune import (TrainConfig, TrainExample, TrainResult, add_lora, load_adapter, merged_for_inference,
                              response_loss, save_trained, train_causal_lm, training_example, training_examples)
@@ -13,7 +14,7 @@ from dqf.lm.generate import generate_answers, prepare_tokenizer, prompt_ids, pro
 from dqf.lm.http import EndpointError, JsonClient, Reply, api_key, retry_after_seconds
 from dqf.lm.losses import answer_losses
 from dqf.lm.models import (ModelMixin, ModelRef, effective_max_length, load_model, load_tokenizer, one_line,
-                           pick_device, pick_dtype, resolve_model)
+                           pick_device, pick_dtype, resolve_model, weights_folder)
 from dqf.lm.next_token import answer_token_ids, fit_prompt, next_token_logprobs, single_token_ids
 from dqf.lm.onednn import onednn_linears
 from dqf.lm.prompts import (ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, alpaca_prompt, chat_answer, chat_prompt, encode,
@@ -24,7 +25,9 @@ from dqf.lm.scorer import CausalLMOptions, CausalLMScorer, ModelScorer
 __all__ = [
     # models
     "ModelRef", "ModelMixin", "resolve_model", "load_model", "load_tokenizer", "pick_device", "pick_dtype",
-    "effective_max_length", "one_line",
+    "effective_max_length", "one_line", "weights_folder",
+    # what a plugin hands its backend (dqf.Backend)
+    "ModelSource", "require_capabilities",
     # scorers over a model
     "ModelScorer", "CausalLMScorer", "CausalLMOptions",
     # prompts

@@ -162,6 +162,21 @@ def _dequantized_copy(ref: ModelRef, auto_cls, cache_dir: Path) -> Path:
     return target
 
 
+def weights_folder(ref: ModelRef, cache_dir: Path | None, auto_class: str = "AutoModelForCausalLM") -> Path:
+    """A folder of plain Hugging Face weights for ``ref`` (what vLLM and servers load): the model's own folder,
+    or for a GGUF file its dequantized copy in ``cache_dir`` (made once)."""
+    if not ref.gguf_file:
+        return Path(ref.path)
+    if cache_dir is None:
+        raise DqfError(f"model {ref.spec!r} is a GGUF file: a cache folder is needed to convert it once")
+    try:
+        return _dequantized_copy(ref, getattr(_transformers(), auto_class), Path(cache_dir))
+    except DqfError:
+        raise
+    except Exception as exc:
+        raise _hub_error(ref, exc) from None
+
+
 def _transformers():
     transformers = require("transformers")
     transformers.utils.logging.disable_progress_bar()  # dqf shows its own progress; per-file bars are noise
