@@ -45,6 +45,10 @@ def dqf_register_embedders(register):
 
 @hookimpl
 def dqf_register_backends(register):
+    from .openai_backend import OpenaiBackend
     from .transformers_backend import TransformersBackend
+    from .vllm_backend import VllmBackend
 
     register(TransformersBackend)
+    register(VllmBackend)
+    register(OpenaiBackend)
