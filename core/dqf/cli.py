@@ -197,3 +197,7 @@ def main(argv=None) -> None:
             raise
         click.echo(f"dqf: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":  # python -m dqf.cli; the guard keeps spawned workers (vLLM engines) from running it again
+    main()

