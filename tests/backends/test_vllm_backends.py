@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import polars as pl
@@ -21,6 +18,7 @@ import pytest
 
 import dqf
 from dqf.lm import resolve_model, weights_folder
+from dqf.testing import VllmServer
 
 POOL = Path(__file__).resolve().parents[2] / "examples" / "data" / "alpaca_2k.jsonl"
 ROWS = 24  # probed rows; the seed set is 8 other rows
@@ -71,51 +69,11 @@ def _vllm_python() -> str:
     pytest.skip(why)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _child_env(cache: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update(DQF_CACHE_DIR=str(cache), VLLM_CPU_KVCACHE_SPACE="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
                TOKENIZERS_PARALLELISM="false")
     return env
-
-
-class VllmServer:
-    """`python -m vllm.entrypoints.openai.api_server` on 127.0.0.1, started by the test and stopped after it."""
-
-    def __init__(self, python: str, model: Path, log: Path, cache: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.log = log
-        self.proc = subprocess.Popen(
-            [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name",
-             "smollm2", "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--max-model-len",
-             "1024", "--enable-lora", "--max-lora-rank", "16", "--seed", "0"],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=_child_env(cache))
-
-    def wait(self, seconds: float = 900) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the vLLM server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/models", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(2)
-        pytest.fail(f"the vLLM server did not answer within {seconds:.0f} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def _generated(folder: Path) -> dict[str, str]:
@@ -158,14 +116,10 @@ def test_every_backend_answers_as_transformers_does_and_applies_the_lora_adapter
     assert stats["finetune"] == "cached" and stats["backend"] == "vllm"  # the same adapter, served unmerged
     vllm_tuned = _generated(tmp_path / "out-lora-vllm")
 
-    server = VllmServer(python, model, tmp_path / "server.log", cache)
-    try:
-        server.wait()
+    with VllmServer(python, model, tmp_path / "server.log", env=_child_env(cache)) as server:
         spec = f'{{ plugin = "openai", base_url = "{server.url}", model = "smollm2", api_key_env = "DQF_NO_KEY" }}'
         dqf.run(write("base-oa", spec, finetune=False))
         dqf.run(write("lora-oa", spec))  # the adapter is loaded into the running server from its folder
-    finally:
-        server.stop()
     server_base, server_tuned = _generated(tmp_path / "out-base-oa"), _generated(tmp_path / "out-lora-oa")
 
     rates = {"vllm LoRA = transformers LoRA": _agree(vllm_tuned, tuned),
