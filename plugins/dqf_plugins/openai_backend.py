@@ -10,7 +10,8 @@ from typing import Literal, Optional
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from dqf import Backend, DqfError, PluginOptions
-from dqf.lm import EndpointError, JsonClient, api_key
+from dqf.lm import (EndpointError, JsonClient, api_key, losses_from_prompt_logprobs,
+                    next_token_from_prompt_logprobs)
 
 #: Prompts per ``on_batch`` call: each finished group is cached, so a crash loses at most one group.
 GROUP = 64
@@ -34,6 +35,11 @@ class OpenaiBackendOptions(PluginOptions):
     max_retries: NonNegativeInt = Field(default=5, description="Retries on 429, 5xx, timeouts, broken answers.")
     backoff: NonNegativeFloat = Field(default=1.0, description="First retry delay in seconds (doubles, jittered).")
     max_retry_after: NonNegativeFloat = Field(default=60.0, description="Longest Retry-After wait honoured.")
+    prompt_logprobs: bool = Field(default=True, description="The server returns `prompt_logprobs` (vLLM's "
+                                                            "extension of the completions API), which answer "
+                                                            "losses and next-token probabilities need; false for "
+                                                            "servers without it (plugins needing them are refused "
+                                                            "at validation).")
 
 
 class OpenaiBackend(Backend):
@@ -41,13 +47,16 @@ class OpenaiBackend(Backend):
 
     name = "openai"
     Options = OpenaiBackendOptions
-    capabilities = frozenset({"generate"})
     cache_ignore = frozenset({"api_key_env", "concurrency", "timeout", "max_retries", "backoff", "max_retry_after"})
 
     def __init__(self, options=None):
         super().__init__(options)
         self._client = None
         self._failures: dict[int, str] = {}
+
+    @property
+    def capabilities(self):  # what the server can return decides what this backend can do
+        return frozenset({"generate", "next_token", "answer_losses"} if self.options.prompt_logprobs else {"generate"})
 
     def results_identity(self):
         return {"backend": self.name, "base_url": self.options.base_url, "model": self.options.model}
@@ -115,6 +124,36 @@ class OpenaiBackend(Backend):
                 if on_batch is not None:
                     on_batch(pos, [a[0] for a in answers])
         return out
+
+    def _prompt_logprobs(self, sequences) -> list:
+        """Per sequence, each token's log-probability given those before it (``None`` for the first), or
+        ``None`` for a sequence whose request failed (its reason in :meth:`failures`)."""
+        def one(seq):
+            reply = self._client.post("/completions", {"model": self._served, "prompt": list(seq), "max_tokens": 1,
+                                                       "temperature": 0.0, "prompt_logprobs": 0})
+            if reply.failure:
+                return None, reply.failure
+            try:
+                rows = reply.data["choices"][0]["prompt_logprobs"]
+                return [None if d is None else d[str(t)]["logprob"] for t, d in zip(seq, rows)], None
+            except (KeyError, IndexError, TypeError):
+                return None, "the server returned no prompt_logprobs (set prompt_logprobs = false for this server)"
+
+        self._failures = {}
+        with ThreadPoolExecutor(max_workers=min(self.options.concurrency, max(len(sequences), 1))) as pool:
+            results = list(pool.map(one, sequences))
+        out = []
+        for k, (lp, why) in enumerate(results):
+            out.append(lp)
+            if why is not None:
+                self._failures[k] = why
+        return out
+
+    def answer_losses(self, prompts, answers):
+        return losses_from_prompt_logprobs(prompts, answers, self._prompt_logprobs)
+
+    def next_token_logprobs(self, prompts, token_sets):
+        return next_token_from_prompt_logprobs(prompts, token_sets, self._prompt_logprobs)
 
     def failures(self):
         return dict(self._failures)

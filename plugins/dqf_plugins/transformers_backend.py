@@ -4,7 +4,7 @@ on CPU, length-grouped batches); the default backend of every model plugin."""
 from __future__ import annotations
 
 from dqf import Backend, PluginOptions
-from dqf.lm import generate_answers, load_adapter, load_model, next_token_logprobs, resolve_model
+from dqf.lm import answer_losses, generate_answers, load_adapter, load_model, next_token_logprobs, resolve_model
 
 
 class TransformersBackendOptions(PluginOptions):
@@ -16,7 +16,7 @@ class TransformersBackend(Backend):
 
     name = "transformers"
     Options = TransformersBackendOptions
-    capabilities = frozenset({"generate", "beam_search", "next_token"})
+    capabilities = frozenset({"generate", "beam_search", "next_token", "answer_losses"})
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -42,6 +42,9 @@ class TransformersBackend(Backend):
     def next_token_logprobs(self, prompts, token_sets):
         return next_token_logprobs(self.model, self.tokenizer, prompts, token_sets, batch_size=8,
                                    device=self._device)
+
+    def answer_losses(self, prompts, answers):
+        return answer_losses(self.model, self.tokenizer, prompts, answers, batch_size=8, device=self._device)
 
     def close(self):
         self.model = None

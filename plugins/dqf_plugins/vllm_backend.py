@@ -8,6 +8,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from dqf import Backend, DqfError, PluginOptions, missing_dependency
+from dqf.lm import losses_from_prompt_logprobs, next_token_from_prompt_logprobs
 
 #: Prompts handed to the engine at once; each chunk's answers are passed to ``on_batch`` (cached) when done.
 CHUNK = 256
@@ -37,7 +38,7 @@ class VllmBackend(Backend):
 
     name = "vllm"
     Options = VllmBackendOptions
-    capabilities = frozenset({"generate", "beam_search"})
+    capabilities = frozenset({"generate", "beam_search", "next_token", "answer_losses"})
     # speed only: the answers do not depend on how the work is split or scheduled
     cache_ignore = frozenset({"tensor_parallel_size", "gpu_memory_utilization", "max_num_seqs", "enable_prefix_caching",
                               "enforce_eager", "max_lora_rank"})
@@ -107,6 +108,28 @@ class VllmBackend(Backend):
             if on_batch is not None:
                 on_batch(pos, texts)
         return out
+
+    def _prompt_logprobs(self, sequences) -> list[list]:
+        """For each token-id sequence, the log-probability of each of its tokens given those before it
+        (``None`` for the first), from vLLM's ``prompt_logprobs``; one generated token is discarded."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
+        out = []
+        for start in range(0, len(sequences), CHUNK):
+            batch = [TokensPrompt(prompt_token_ids=list(s)) for s in sequences[start:start + CHUNK]]
+            for seq, r in zip(sequences[start:start + CHUNK],
+                              self.llm.generate(batch, params, lora_request=self._lora, use_tqdm=False)):
+                # each position's dict holds the actual token (plus the top-k, none here)
+                out.append([None if d is None else d[t].logprob for t, d in zip(seq, r.prompt_logprobs)])
+        return out
+
+    def answer_losses(self, prompts, answers):
+        return losses_from_prompt_logprobs(prompts, answers, self._prompt_logprobs)
+
+    def next_token_logprobs(self, prompts, token_sets):
+        return next_token_from_prompt_logprobs(prompts, token_sets, self._prompt_logprobs)
 
     def close(self):
         self.llm = None  # the engine shuts down with its last reference

@@ -84,7 +84,7 @@ def test_beam_search_on_a_server_is_refused_at_validation(tmp_path, tiny_models)
     path = tmp_path / "r.toml"
     path.write_text(RECIPE.format(n=1, model=tiny_models["llama"], url="http://127.0.0.1:9/v1", beams=4))
     with pytest.raises(RecipeError, match=r"mods-necessity \(num_beams = 4\): backend 'openai' cannot do beam_search "
-                                          r"\(it can: generate\)"):
+                                          r"\(it can: answer_losses, generate, next_token\)"):
         dqf.validate(path)
 
 

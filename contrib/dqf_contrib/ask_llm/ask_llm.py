@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from dqf import DqfError
 
-from dqf.lm import CausalLMOptions, CausalLMScorer, answer_token_ids, fit_prompt, next_token_logprobs
+from dqf.lm import CausalLMOptions, CausalLMScorer, answer_token_ids, fit_prompt
 
 #: The Ask-LLM prompt of the paper; ``{example}`` is replaced by the row's text.
 ASK_LLM_PROMPT = (
@@ -59,6 +59,7 @@ class AskLlmScorer(CausalLMScorer):
     name = "ask-llm"
     version = "1"
     Options = AskLlmOptions
+    backend_needs = frozenset({"next_token"})
 
     def columns(self):
         import polars as pl
@@ -86,7 +87,6 @@ class AskLlmScorer(CausalLMScorer):
 
         prompts = [self.prompt_ids(i or "", x or "", o or "")
                    for i, x, o in zip(batch["instruction"], batch["input"], batch["output"])]
-        lp = next_token_logprobs(self.model, self.tokenizer, prompts, self._answer_sets,
-                                 batch_size=self.options.batch_size, device=self.placement()[0])
+        lp = self.next_token(prompts, self._answer_sets)
         p = np.exp(lp[:, 0] - np.logaddexp(lp[:, 0], lp[:, 1]))
         return pl.DataFrame({self.options.column: p}, schema=self.columns()).fill_nan(None)

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from dqf import DqfError
 
-from dqf.lm import CausalLMOptions, CausalLMScorer, next_token_logprobs, question, single_token_ids
+from dqf.lm import CausalLMOptions, CausalLMScorer, question, single_token_ids
 
 SCORE_TOKENS = ("1", "2", "3", "4", "5", "6")
 
@@ -54,6 +54,7 @@ class DeitaScorer(CausalLMScorer):
     """
 
     default_column = ""
+    backend_needs = frozenset({"next_token"})
 
     @property
     def column(self) -> str:
@@ -135,8 +136,7 @@ class DeitaScorer(CausalLMScorer):
 
         rows = self.row_pairs(batch)
         prompts = [self.prompt_ids(q, r) for pairs in rows for q, r in pairs]
-        lp = next_token_logprobs(self.model, self.tokenizer, prompts, [[d] for d in self._digits],
-                                 batch_size=self.options.batch_size, device=self.placement()[0])
+        lp = self.next_token(prompts, [[d] for d in self._digits])
         w = np.exp(lp - lp.max(axis=1, keepdims=True))
         w /= w.sum(axis=1, keepdims=True)
         flat = [None if np.isnan(v) else float(v) for v in w @ np.arange(1, 7, dtype=np.float64)]

@@ -6,7 +6,8 @@ Importing it loads no model library: torch and transformers are imported by the 
 
 from __future__ import annotations
 
-from dqf.lm.backends import ModelSource, require_capabilities
+from dqf.lm.backends import (ModelSource, losses_from_prompt_logprobs, next_token_from_prompt_logprobs,
+                             require_capabilities)
 from dqf.lm.batching import MAX_PADDING, collate, forward_mode, length_batches, pad_token_id
 from dqf.lm.finetune import (TrainConfig, TrainExample, TrainResult, add_lora, load_adapter, merged_for_inference,
                              response_loss, save_trained, train_causal_lm, training_example, training_examples)
@@ -27,7 +28,7 @@ __all__ = [
     "ModelRef", "ModelMixin", "resolve_model", "load_model", "load_tokenizer", "pick_device", "pick_dtype",
     "effective_max_length", "one_line", "weights_folder",
     # what a plugin hands its backend (dqf.Backend)
-    "ModelSource", "require_capabilities",
+    "ModelSource", "require_capabilities", "losses_from_prompt_logprobs", "next_token_from_prompt_logprobs",
     # scorers over a model
     "ModelScorer", "CausalLMScorer", "CausalLMOptions",
     # prompts

@@ -6,9 +6,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveInt
 
+from dqf.lm.backends import ModelSource, require_capabilities
 from dqf.lm.losses import answer_losses
-from dqf.lm.models import ModelMixin, effective_max_length
-from dqf.plugin import PluginOptions, Scorer
+from dqf.lm.models import ModelMixin, effective_max_length, load_tokenizer, weights_folder
+from dqf.lm.next_token import next_token_logprobs
+from dqf.plugin import PluginOptions, PluginSpec, Scorer
 
 
 class ModelScorer(ModelMixin, Scorer):
@@ -86,14 +88,76 @@ class CausalLMOptions(PluginOptions):
                                                          description="auto: cuda, then mps, then cpu.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto: bfloat16 (or float16) on a GPU, float32 on CPU.")
+    backend: PluginSpec = Field(default=PluginSpec(plugin="transformers"), description=(
+        "Where the model runs (docs/backends.md): `transformers` (this process), `vllm` (prompt logprobs from a "
+        "vLLM engine) or `openai` (a vLLM server's prompt logprobs)."))
 
 
 class CausalLMScorer(ModelScorer):
-    """A :class:`ModelScorer` over a causal LM with :class:`CausalLMOptions`, and its answer losses."""
+    """A :class:`ModelScorer` over a causal LM with :class:`CausalLMOptions`: answer losses (:meth:`losses`) and
+    next-token probabilities (:meth:`next_token`) from the scorer's backend.
+
+    With the default ``transformers`` backend (or when the scorer was built without a recipe) the
+    model loads in this process as it always did; another backend is opened instead, and only the
+    tokenizer and the model's configuration load here. Subclasses name what they ask for in
+    ``backend_needs``, checked at validation.
+    """
 
     Options = CausalLMOptions
+    nested_plugins = {"backend": "backend"}
+    #: What :meth:`losses` / :meth:`next_token` will ask of the backend.
+    backend_needs: ClassVar[frozenset[str]] = frozenset({"answer_losses"})
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._backend = None
+
+    def _remote(self):
+        """The scorer's backend when it is not the in-process one, else None."""
+        backend = self.nested.get("backend")
+        return None if backend is None or backend.name == "transformers" else backend
+
+    def check(self):
+        backend = self.nested.get("backend")
+        if backend is not None:
+            require_capabilities(backend, set(self.backend_needs), self.name)
+
+    def identity(self):
+        out = self.model_identity()
+        remote = self._remote()
+        if remote is not None:  # another engine's numbers are cached apart from this process's
+            out = {**out, "backend": remote.results_identity()}
+            out.pop("device", None)
+        return out
+
+    def setup(self):
+        remote = self._remote()
+        if remote is None:
+            return super().setup()
+        if self.tokenizer is not None:
+            return
+        from transformers import AutoConfig
+
+        ref = self.model_ref()
+        tokenizer = load_tokenizer(ref, cache_dir=self.workspace.cache_dir)
+        path = weights_folder(ref, self.workspace.cache_dir)
+        remote.open(ModelSource(str(path), tokenizer, identity=ref.identity), dtype=self.placement()[1])
+        self._backend, self.tokenizer = remote, tokenizer
+        self.max_length = effective_max_length(self.options.max_length, AutoConfig.from_pretrained(path))
+        self._stats.update({c: 0 for c in self.counters}, max_length=self.max_length, backend=remote.name)
+        self.loaded()
 
     def losses(self, prompts, answers):
-        """:func:`dqf.lm.answer_losses` of ``answers`` after ``prompts`` (token ids) under the model."""
+        """Mean NLL per answer token of ``answers`` after ``prompts`` (token ids): :func:`dqf.lm.answer_losses`
+        in this process, or the backend's."""
+        if self._backend is not None:
+            return self._backend.answer_losses(prompts, answers)
         return answer_losses(self.model, self.tokenizer, prompts, answers, batch_size=self.options.batch_size,
                              device=self.placement()[0])
+
+    def next_token(self, prompts, token_sets):
+        """:func:`dqf.lm.next_token_logprobs` of ``token_sets`` after ``prompts``: in this process, or the backend's."""
+        if self._backend is not None:
+            return self._backend.next_token_logprobs(prompts, token_sets)
+        return next_token_logprobs(self.model, self.tokenizer, prompts, token_sets, batch_size=self.options.batch_size,
+                                   device=self.placement()[0])
