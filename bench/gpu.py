@@ -225,6 +225,7 @@ def generation_section(label: str, path: Path, rows: list[dict], new_tokens: int
     model = dqf.lm.load_model(ref, "AutoModelForCausalLM", device=torch.device(DEV), dtype=torch.bfloat16,
                               inference=True)
     model.generation_config.eos_token_id = None  # random weights: fixed-length answers, so both ways do equal work
+    # (vLLM reads the saved generation config: it stops at eos, so its row counts rows/s of answers that may be shorter)
     prompts = [gen.prompt_ids(tok, r["instruction"], r["input"], "chat") for r in rows]
     run = lambda ps, bs: gen.generate_answers(model, tok, ps, max_new_tokens=new_tokens, num_beams=1, batch_size=bs)
     run(prompts[:batch], batch), run(prompts[:1], 1)
@@ -250,11 +251,28 @@ def generation_section(label: str, path: Path, rows: list[dict], new_tokens: int
     row(f"generation {label} bf16, {new_tokens} new tokens", f"dqf batch {batch}: {len(prompts) / a_s:,.1f} rows/s",
         f"one at a time: {len(single) / b_s:,.1f} rows/s",
         f"{ratio:.1f}x; identical answers {same}/{len(single)}")
+    del model
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
     try:
         import vllm  # noqa: F401
     except ImportError:
-        row(f"generation {label}", "vllm: not installed on this machine", "-", "unmeasured (issue 13 backends)")
-    del model
+        row(f"generation {label}", "vllm: not installed on this machine", "-", "unmeasured (docs/backends.md)")
+        return
+    import dqf.registry
+
+    cls = dqf.registry.build_plugin_manager().get("backend", "vllm").cls
+    backend = cls(cls.Options(max_model_len=2048, gpu_memory_utilization=0.5))
+    t = time.perf_counter()
+    backend.open(dqf.lm.ModelSource(str(path), tok), dtype=torch.bfloat16)
+    start_s = time.perf_counter() - t
+    backend.generate(prompts[:4], max_new_tokens=4)
+    v, v_s = timed(backend.generate, prompts, max_new_tokens=new_tokens)
+    backend.close()
+    same = sum(x == y for x, y in zip(a, v))
+    row(f"generation {label}: vllm offline (start {start_s:.0f} s)", f"vllm: {len(prompts) / v_s:,.1f} rows/s",
+        f"dqf batch {batch}: {len(prompts) / a_s:,.1f} rows/s",
+        f"{a_s / v_s:.1f}x (target >= 10x: {'met' if a_s / v_s >= 10 else 'NOT met'}); identical {same}/{len(prompts)}")
     if DEV == "cuda":
         torch.cuda.empty_cache()
 
