@@ -108,10 +108,13 @@ def plugins(as_json):
               help="Held-out rows for --finetune (default: 64 seeded pool rows no strategy selected).")
 @click.option("--judge", help="Scorer judging --finetune's generated answers: a name or a TOML inline table "
                               "(default: reference-similarity against the reference answer).")
+@click.option("--finetune-backend", help="Where --finetune's held-out answers and losses are computed: a backend "
+                                         "name or a TOML inline table, e.g. '{ plugin = \"vllm\" }' "
+                                         "(default: transformers, in this process).")
 @click.option("--no-cache", is_flag=True, help="Recompute every score and embedding and store nothing.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache directory (default: $DQF_CACHE_DIR, else $XDG_CACHE_HOME/dqf or ~/.cache/dqf).")
 def compare(runs, out, no_baselines, seed, embedder, embedder_model, embed_field, tokenizer, labels, pool, finetune,
-            finetune_model, finetune_steps, heldout, judge, no_cache, cache_dir):
+            finetune_model, finetune_steps, heldout, judge, finetune_backend, no_cache, cache_dir):
     """Compare the selections of RUNS (run directories or recipes) on their shared pool."""
     from dqf.compare import compare as run_compare
     from dqf.compare.embed import embedder_spec, parse_spec
@@ -119,7 +122,8 @@ def compare(runs, out, no_baselines, seed, embedder, embedder_model, embed_field
     from dqf.engine.progress import RichReporter
 
     ft_options = {"model": finetune_model, **({"steps": finetune_steps} if finetune_steps else {}),
-                  **({"judge": parse_spec(judge, "--judge")} if judge else {})}
+                  **({"judge": parse_spec(judge, "--judge")} if judge else {}),
+                  **({"backend": parse_spec(finetune_backend, "--finetune-backend")} if finetune_backend else {})}
     console = _console()
     result = run_compare(runs, out=out, baselines=not no_baselines, seed=seed,
                          embedder=embedder_spec(embedder, embedder_model, embed_field), tokenizer=tokenizer,

@@ -151,6 +151,14 @@ class Plugin:
         """Counters recorded in the manifest after the step ran (e.g. rows truncated)."""
         return dict(self._stats)
 
+    def close(self) -> None:
+        """Release what ``setup()`` loaded (a model, an engine, a connection); a later ``setup()`` loads it again.
+
+        The engine calls it when the run is done with the plugin: a scorer's right after its step (so
+        the next step's model has the memory, and an engine's threads stop while the process is
+        whole), every other plugin it set up when the run ends. Default: nothing to release.
+        """
+
     def nested_requires(self, field: str) -> set[str]:
         """Columns the nested plugin in option ``field`` reads (none before the recipe loader built it)."""
         plugin = self.nested.get(field)
@@ -318,7 +326,21 @@ class Backend(Plugin):
         return {}
 
     def close(self) -> None:
-        """Free the model (or the connection)."""
+        """Free the model (or the connection); the plugin that opened the backend calls it."""
+
+    def answer(self, model: "ModelSource", prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+               num_beams: int = 1, batch_size: int | None = None,
+               on_batch: Callable[[list[int], list], None] | None = None, device: Any = None,
+               dtype: Any = None) -> tuple[list, dict[int, str]]:
+        """:meth:`open` on ``model``, :meth:`generate`, :meth:`close`: ``(answers, failed positions with their
+        reasons)``. How one process generates (see :meth:`StepContext.generate`); not for overriding."""
+        self.open(model, device=device, dtype=dtype)
+        try:
+            texts = self.generate(prompts, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                  batch_size=batch_size, on_batch=on_batch)
+            return texts, self.failures()
+        finally:
+            self.close()
 
 
 def row_texts(rows: "pl.DataFrame", field: str) -> list[str]:
@@ -357,6 +379,8 @@ class StepContext:
     _score: Any = field(default=None, repr=False)
     _progress: Any = field(default=None, repr=False)
     _artifacts: Any = field(default=None, repr=False)
+    _generate: Any = field(default=None, repr=False)
+    _run_once: Any = field(default=None, repr=False)
 
     def step_rows(self, step_id: str) -> "pl.DataFrame":
         """Rows (with every column computed so far) in the result of an earlier step, or ``"input"``."""
@@ -378,3 +402,32 @@ class StepContext:
     def artifact_dir(self, plugin: "Plugin", key: str) -> Path:
         """A folder in the cache for large artifacts (fine-tuned weights, ...), stable for ``key``."""
         return self._artifacts(plugin, key)
+
+    def generate(self, backend: "Backend", model: "ModelSource", prompts: Sequence[Sequence[int]], *,
+                 max_new_tokens: int, num_beams: int = 1, batch_size: int | None = None,
+                 on_batch: Callable[[list[int], list], None] | None = None, device: Any = None,
+                 dtype: Any = None) -> tuple[list, dict[int, str]]:
+        """Answers to tokenized ``prompts`` from ``backend`` opened on ``model`` (a :class:`dqf.lm.ModelSource`), and
+        the positions that failed with their reasons.
+
+        The engine decides where: the local engine opens the backend in this process, answers and
+        closes it; the Ray engine spreads the prompts over an actor pool (``[engine.steps.<id>]`` /
+        ``[engine.plugins.<backend>]``: ``num_gpus``, ``concurrency``), each actor opening the backend
+        once, from ``model``'s files (a model only in memory, ``model.loaded``, stays here).
+        ``on_batch(positions, texts)`` runs here as answers arrive, so the caller can cache them.
+        """
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, batch_size=batch_size,
+                                      on_batch=on_batch, device=device, dtype=dtype)
+        if self._generate is None:
+            return backend.answer(model, prompts, **kwargs)
+        return self._generate(backend, model, prompts, **kwargs)
+
+    def run_once(self, fn: Callable[..., Any], /, *, label: str, **kwargs: Any) -> Any:
+        """``fn(progress=..., **kwargs)`` run once where the engine puts one-off heavy work (fine-tuning a seed
+        model): in this process (``progress`` is :meth:`progress`, shown as ``label``), or on the Ray engine
+        as one task with the step's ``num_gpus``/``num_cpus`` (``progress`` is None there). ``fn`` must be a
+        module-level function, ``kwargs`` and its result picklable, and what it writes go to the cache,
+        which every node sees."""
+        if self._run_once is None:
+            return fn(progress=lambda total: self.progress(label, total), **kwargs)
+        return self._run_once(fn, label, kwargs)

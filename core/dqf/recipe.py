@@ -328,7 +328,7 @@ def instantiate(host, kind: str, spec: Any, keypath: str, errors: list[str], *,
     ok = True
     for fname, nkind in info.cls.nested_plugins.items():
         nspec = getattr(options, fname, None)
-        if nspec is None:
+        if nspec is None or isinstance(nspec, str):  # a string is the plugin's own choice (llm-judge's "openai")
             continue
         child = instantiate(host, nkind, nspec, f"{keypath}.{fname}", errors, workspace=workspace)
         if child is None:

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["TinyModels", "scorer_batch", "answer_nll", "VllmServer", "SPECIAL_TOKENS", "CHAT_TEMPLATE"]
+__all__ = ["TinyModels", "scorer_batch", "answer_nll", "build_plugin", "VllmServer", "SPECIAL_TOKENS",
+           "CHAT_TEMPLATE"]
 
 #: Special tokens of the tiny tokenizers (ids 0..6, in this order).
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>")
@@ -146,6 +147,21 @@ class TinyModels:
             model.classifier.bias -= float(np.median(scores))
         model.save_pretrained(path)
         return path
+
+
+def build_plugin(kind: str, plugin: str, **options):
+    """The installed plugin ``plugin`` of ``kind`` (``"scorer"``, ``"selector"``, ...) built as a recipe step builds it:
+    options validated, nested plugins (an embedder, a backend) built and checked; a problem raises
+    :class:`dqf.RecipeError` with its key path. E.g. ``build_plugin("scorer", "llm-judge", model=str(path))``."""
+    from dqf.errors import RecipeError
+    from dqf.recipe import instantiate
+    from dqf.registry import build_plugin_manager
+
+    errors: list[str] = []
+    built = instantiate(build_plugin_manager(), kind, {"plugin": plugin, **options}, plugin, errors)
+    if built is None:
+        raise RecipeError(*errors)
+    return built
 
 
 def scorer_batch(rows) -> "pl.DataFrame":

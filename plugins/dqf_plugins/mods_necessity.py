@@ -12,7 +12,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field, model_validator
 
 from dqf import DqfError, PluginOptions, PluginSpec, Probe, atomic_path
-from dqf.lm import (ModelSource, TrainConfig, add_lora, load_model, load_tokenizer, merged_for_inference, pick_device,
+from dqf.lm import (ModelSource, TrainConfig, add_lora, files_identity, load_model, load_tokenizer, pick_device,
                     pick_dtype, prepare_tokenizer, prompt_ids, require_capabilities, resolve_model, save_trained,
                     train_causal_lm, training_examples, truncate_left, weights_folder)
 
@@ -79,10 +79,18 @@ class ModsNecessityOptions(PluginOptions):
         "engine; the LoRA adapter is served unmerged) or `openai` (an OpenAI-compatible server). Fine-tuning "
         "always runs in this process."))
 
+    adapter: Optional[str] = Field(default=None, description=(
+        "A LoRA adapter trained elsewhere (a peft folder with adapter_config.json, as LLaMA-Factory, TRL and "
+        "axolotl save it), applied to `base_model`; with `finetune = false`. For a full fine-tune trained "
+        "elsewhere, point `base_model` at its folder."))
+
     @model_validator(mode="after")
     def _seed_set(self):
         if self.finetune and self.train_on is None:
             raise ValueError("`train_on` (the id of the seed-set step) is required when `finetune` is true")
+        if self.finetune and self.adapter is not None:
+            raise ValueError("`adapter` is a model trained elsewhere: set `finetune = false` to probe it (with "
+                             "`finetune = true` dqf trains its own on `train_on`)")
         return self
 
 
@@ -114,8 +122,26 @@ class ModsNecessityProbe(Probe):
     def depends_on(self):
         return [self.options.train_on] if self.options.finetune and self.options.train_on else []
 
+    @property
+    def _adapter(self):
+        """The ``adapter`` folder and its fingerprint, or None."""
+        if self.options.adapter is None:
+            return None
+        ref = self.__dict__.get("_adapter_ref")
+        if ref is None:
+            p = Path(self.options.adapter).expanduser()
+            p = p if p.is_absolute() else Path(self.workspace.base_dir) / p
+            if not (p / "adapter_config.json").is_file():
+                raise DqfError(f"adapter: {self.options.adapter!r} is not a LoRA adapter folder (no "
+                               f"adapter_config.json in {p})")
+            ref = self.__dict__["_adapter_ref"] = (p.resolve(), files_identity(p))
+        return ref
+
     def identity(self):
-        return {"base_model": self._ref.identity}
+        out = {"base_model": self._ref.identity}
+        if self._adapter is not None:
+            out["adapter"] = self._adapter[1]
+        return out
 
 
     # -- run --------------------------------------------------------------------------------------
@@ -159,7 +185,8 @@ class ModsNecessityProbe(Probe):
         return sorted(rank[:self.options.limit])
 
     def check(self):
-        self._ref  # a missing model fails at validation, not after hours of work
+        self._ref  # a missing model or adapter fails at validation, not after hours of work
+        self._adapter
         judge = self.nested.get("judge")
         if judge is not None:
             self._judge_column(judge)
@@ -222,7 +249,10 @@ class ModsNecessityProbe(Probe):
 
     def _model_key(self, dtype, train_ids: list[str] | None, seed: int) -> str:
         if train_ids is None:
-            return "base-" + self._hash({"base": self._ref.identity, "dtype": str(dtype)})
+            payload = {"base": self._ref.identity, "dtype": str(dtype)}
+            if self._adapter is not None:
+                payload["adapter"] = self._adapter[1]
+            return "base-" + self._hash(payload)
         return "model-" + self._hash({"v": self.version, "base": self._ref.identity, "train": self._train_options(),
                                       "dtype": str(dtype), "seed": seed, "rows": train_ids})
 
@@ -261,7 +291,7 @@ class ModsNecessityProbe(Probe):
         todo = [i for i, rid in enumerate(ids) if rid not in cached]
         st["generation_cached_rows"] = len(ids) - len(todo)
         if todo:
-            source = self._source(context, model_key, train_rows, device, dtype, in_process=backend.name == "transformers")
+            source = self._source(context, model_key, train_rows, dtype)
             tok = source.tokenizer
             prompts, cut = [], 0
             for i in todo:
@@ -283,13 +313,10 @@ class ModsNecessityProbe(Probe):
                         cached.update(done)
                     advance(len(positions))
 
-                backend.open(source, device=device, dtype=dtype)
-                try:
-                    backend.generate(prompts, max_new_tokens=o.max_new_tokens, num_beams=o.num_beams,
-                                     batch_size=o.batch_size, on_batch=keep)
-                    failed = {ids[todo[p]]: why for p, why in backend.failures().items()}
-                finally:
-                    backend.close()
+                _, failures = context.generate(backend, source, prompts, max_new_tokens=o.max_new_tokens,
+                                               num_beams=o.num_beams, batch_size=o.batch_size, on_batch=keep,
+                                               device=device, dtype=dtype)
+                failed = {ids[todo[p]]: why for p, why in failures.items()}
             seconds = time.perf_counter() - start
             st["backend"] = backend.name
             st["generated_rows"] = len(todo) - len(failed)
@@ -303,17 +330,16 @@ class ModsNecessityProbe(Probe):
                 st["generation_failure_reasons"] = reasons
         return [cached.get(rid) for rid in ids]
 
-    def _source(self, context, model_key: str, train_rows, device, dtype, *, in_process: bool) -> ModelSource:
-        """The model to generate with — the base, the fine-tune cached from an earlier run, or one trained now —
-        as a backend opens it. ``in_process``: a model trained now is handed over in memory (no reload)."""
-        import torch
-
+    def _source(self, context, model_key: str, train_rows, dtype) -> ModelSource:
+        """The model to generate with — the base, the fine-tune cached from an earlier run, or one trained now (and
+        saved, so any backend on any node opens it from the cache) — as a backend opens it."""
         o, st = self.options, self._stats
         tok = load_tokenizer(self._ref, cache_dir=context.cache_dir)
         prepare_tokenizer(tok)
         base = str(weights_folder(self._ref, context.cache_dir))
         if not o.finetune:
-            return ModelSource(base, tok, identity=self._ref.identity)
+            adapter = None if self._adapter is None else str(self._adapter[0])
+            return ModelSource(base, tok, adapter=adapter, identity=self._ref.identity)
         art = context.artifact_dir(self, model_key)
         saved = (ModelSource(base, tok, adapter=str(art), identity=self._ref.identity) if o.method == "lora"
                  else ModelSource(str(art), tok, identity={"artifact": model_key}))
@@ -322,44 +348,55 @@ class ModsNecessityProbe(Probe):
             st["artifact"] = str(art)
             return saved
 
-        # Full fine-tuning keeps fp32 master weights (bf16 AdamW updates underflow); half precision runs via autocast.
-        load_dtype = torch.float32 if o.method == "full" else dtype
-        model = load_model(self._ref, "AutoModelForCausalLM", device=device, dtype=load_dtype,
-                           cache_dir=context.cache_dir)
-        eos = tok.eos_token_id if tok.eos_token_id is not None else model.generation_config.eos_token_id
-        if isinstance(eos, (list, tuple)):
-            eos = eos[0]
-        if eos is None:
-            raise DqfError(f"model {o.base_model!r}: the tokenizer has no eos token, so answers cannot be terminated")
-        examples, dropped = training_examples(tok, train_rows.select("instruction", "input", "output").iter_rows(),
-                                              template=o.prompt_template, max_length=o.max_length, eos_id=eos)
-        cfg = TrainConfig(
-            method=o.method, lora_r=o.lora_r, lora_alpha=o.lora_alpha, lora_dropout=o.lora_dropout,
-            lora_target_modules=o.lora_target_modules if isinstance(o.lora_target_modules, str)
-            else tuple(o.lora_target_modules),
-            epochs=o.epochs, learning_rate=o.learning_rate, lr_scheduler=o.lr_scheduler, warmup_ratio=o.warmup_ratio,
-            weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, batch_size=o.train_batch_size,
-            gradient_accumulation_steps=o.gradient_accumulation_steps, max_steps=o.max_train_steps,
-            gradient_checkpointing=o.gradient_checkpointing, seed=context.seed)
-        if o.method == "lora":
-            model = add_lora(model, cfg)
-        result = train_causal_lm(
-            model, examples, cfg, pad_id=tok.pad_token_id, autocast_dtype=None if dtype == torch.float32 else dtype,
-            progress=lambda total: context.progress(f"{context.step_id}: fine-tune ({o.method})", total))
-        meta = {"base_model": o.base_model, "base_identity": self._ref.identity, "options": self._train_options(),
-                "seed": context.seed, "dtype": str(dtype), "train_rows": len(train_rows), "examples": result.examples,
-                "steps": result.steps, "tokens": result.tokens, "seconds": result.seconds,
-                "epoch_losses": result.epoch_losses}
-        save_trained(model, art, meta)
-        st.update({"finetune": "trained", "artifact": str(art), "train_rows": len(train_rows),
-                   "train_rows_cut_off": dropped, "train_steps": result.steps, "train_tokens": result.tokens,
-                   "train_seconds": round(result.seconds, 3), "train_tokens_per_s": round(result.tokens_per_s, 1),
-                   "train_loss_first_epoch": round(result.epoch_losses[0], 4),
-                   "train_loss_last_epoch": round(result.epoch_losses[-1], 4)})
-        if not in_process:
-            return saved
-        saved.loaded = merged_for_inference(model, o.method, dtype)
+        stats = context.run_once(train_seed, label=f"{context.step_id}: fine-tune ({o.method})", options=o,
+                                 ref=self._ref, rows=list(train_rows.select("instruction", "input", "output").iter_rows()),
+                                 cache_dir=context.cache_dir, art=art, seed=context.seed, dtype=dtype,
+                                 train_options=self._train_options())
+        st.update({"finetune": "trained", "artifact": str(art), **stats})
         return saved
+
+
+def train_seed(*, options: ModsNecessityOptions, ref, rows: list, cache_dir, art: Path, seed: int, dtype,
+               train_options: dict, progress=None) -> dict:
+    """Fine-tune ``ref`` on ``rows`` (instruction, input, output) as ``options`` say and save the model (or LoRA
+    adapter) with its ``train.json`` to ``art``; the step's stats. Runs where the engine puts one-off work
+    (:meth:`dqf.StepContext.run_once`: here, or one Ray task), so it takes and returns plain values."""
+    import torch
+
+    o = options
+    device = pick_device(o.device)
+    tok = load_tokenizer(ref, cache_dir=cache_dir)
+    prepare_tokenizer(tok)
+    # Full fine-tuning keeps fp32 master weights (bf16 AdamW updates underflow); half precision runs via autocast.
+    load_dtype = torch.float32 if o.method == "full" else dtype
+    model = load_model(ref, "AutoModelForCausalLM", device=device, dtype=load_dtype, cache_dir=cache_dir)
+    eos = tok.eos_token_id if tok.eos_token_id is not None else model.generation_config.eos_token_id
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0]
+    if eos is None:
+        raise DqfError(f"model {o.base_model!r}: the tokenizer has no eos token, so answers cannot be terminated")
+    examples, dropped = training_examples(tok, rows, template=o.prompt_template, max_length=o.max_length, eos_id=eos)
+    cfg = TrainConfig(
+        method=o.method, lora_r=o.lora_r, lora_alpha=o.lora_alpha, lora_dropout=o.lora_dropout,
+        lora_target_modules=o.lora_target_modules if isinstance(o.lora_target_modules, str)
+        else tuple(o.lora_target_modules),
+        epochs=o.epochs, learning_rate=o.learning_rate, lr_scheduler=o.lr_scheduler, warmup_ratio=o.warmup_ratio,
+        weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, batch_size=o.train_batch_size,
+        gradient_accumulation_steps=o.gradient_accumulation_steps, max_steps=o.max_train_steps,
+        gradient_checkpointing=o.gradient_checkpointing, seed=seed)
+    if o.method == "lora":
+        model = add_lora(model, cfg)
+    result = train_causal_lm(model, examples, cfg, pad_id=tok.pad_token_id,
+                             autocast_dtype=None if dtype == torch.float32 else dtype, progress=progress)
+    meta = {"base_model": o.base_model, "base_identity": ref.identity, "options": train_options, "seed": seed,
+            "dtype": str(dtype), "train_rows": len(rows), "examples": result.examples, "steps": result.steps,
+            "tokens": result.tokens, "seconds": result.seconds, "epoch_losses": result.epoch_losses}
+    save_trained(model, art, meta)
+    return {"train_rows": len(rows), "train_rows_cut_off": dropped, "train_steps": result.steps,
+            "train_tokens": result.tokens, "train_seconds": round(result.seconds, 3),
+            "train_tokens_per_s": round(result.tokens_per_s, 1),
+            "train_loss_first_epoch": round(result.epoch_losses[0], 4),
+            "train_loss_last_epoch": round(result.epoch_losses[-1], 4)}
 
 
 def _load_generations(folder: Path) -> dict[str, str]:

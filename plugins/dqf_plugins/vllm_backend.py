@@ -132,4 +132,16 @@ class VllmBackend(Backend):
         return next_token_from_prompt_logprobs(prompts, token_sets, self._prompt_logprobs)
 
     def close(self):
-        self.llm = None  # the engine shuts down with its last reference
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        # Stop the engine-core process and its client threads now, while the interpreter is whole: left to
+        # garbage collection at exit, a thread still running aborts the process ("terminate called without
+        # an active exception") after the run's outputs are written.
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        import gc
+
+        gc.collect()

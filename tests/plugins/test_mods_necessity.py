@@ -229,6 +229,26 @@ def test_finetune_false_probes_the_base_model(tmp_path, mods, llama, isolated_ca
     assert direct == [by_id[i] for i in selected["id"]]
 
 
+def test_an_adapter_trained_elsewhere_is_probed_as_dqf_would_its_own(tmp_path, mods, llama, isolated_cache):
+    """Bring your own LoRA: `finetune = false` + `adapter` gives the answers dqf's own identical adapter gives."""
+    import shutil
+
+    own = dqf.run(mods(), run_dir=tmp_path / "own")
+    (trained,) = artifacts(isolated_cache, "model")
+    mine = tmp_path / "my-lora"  # as another trainer would leave it: a peft folder, somewhere else
+    shutil.copytree(trained, mine, ignore=shutil.ignore_patterns("train.json", ".dqf*"))
+    probe = PROBE.replace('train_on = "seed", ', 'finetune = false, adapter = "my-lora", ')
+    res = dqf.run(mods(probe=probe, name="byo.toml"), run_dir=tmp_path / "byo")
+    st = step(res.manifest, "necessity")["stats"]
+    assert st["finetune"] == "off" and st["generated_rows"] == res.rows.height
+    assert res.rows.select("id", "generated").equals(own.rows.select("id", "generated"))
+    assert res.manifest["plugins"][2]["identity"]["adapter"] == dqf.lm.files_identity(mine)
+    with pytest.raises(dqf.RecipeError, match=r"adapter: 'nowhere' is not a LoRA adapter folder"):
+        dqf.validate(mods(probe=probe.replace("my-lora", "nowhere"), name="bad.toml"))
+    with pytest.raises(dqf.RecipeError, match=r"`adapter` is a model trained elsewhere: set `finetune = false`"):
+        dqf.validate(mods(probe=PROBE + ', adapter = "my-lora"', name="bad2.toml"))
+
+
 def test_limit_probes_a_seeded_subset_with_heuristic_judge_and_full_finetune(tmp_path, mods, isolated_cache):
     probe = ('train_on = "seed", method = "full", max_train_steps = 2, learning_rate = 1e-3, max_length = 96, '
              'limit = 5, judge = { plugin = "heuristic" }, judge_column = "output_chars", '

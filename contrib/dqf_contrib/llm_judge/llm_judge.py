@@ -1,8 +1,10 @@
 """`llm-judge` scorer: an LLM rates each (instruction, input, response) for accuracy on 0-5, as AlpaGasus does.
 
-Two backends: ``hf`` runs a local causal LM (expected score from the digit-token probabilities, or
-greedy generation that is parsed); ``openai`` calls any OpenAI-compatible chat-completions endpoint
-through dqf.lm.JsonClient (bounded concurrency, whole-request timeouts, retries, no redirects, the key never printed).
+The judge is either a causal LM behind one of dqf's backends (``backend = { plugin = "transformers" | "vllm" |
+"openai" }``: the expected score from the digit-token probabilities, or a greedy answer that is parsed; the prompt
+is rendered here with the model's chat template, so every backend sees the same tokens), or ``backend = "openai"``:
+a hosted chat-completions API (the server's own template; generate mode) through dqf.lm.JsonClient (bounded
+concurrency, whole-request timeouts, retries, no redirects, the key never printed).
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from __future__ import annotations
 import math
 import re
 import threading
-from typing import Literal
+from typing import Literal, Union
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
-from dqf import FAILED_COLUMN, DqfError, PluginOptions, Scorer
-from dqf.lm import (EndpointError, JsonClient, api_key, ModelMixin, collate, effective_max_length, forward_mode, length_batches,
-                    one_line, pad_token_id, single_token_ids)
+from dqf import FAILED_COLUMN, DqfError, PluginOptions, PluginSpec, Scorer
+from dqf.lm import (EndpointError, JsonClient, ModelMixin, api_key, effective_max_length, one_line,
+                    require_capabilities, single_token_ids)
 
 #: AlpaGasus (Chen et al., 2024, "AlpaGasus: Training a Better Alpaca with Fewer Data", Fig. 3): system prompt.
 ALPAGASUS_SYSTEM = ("We would like to request your feedback on the performance of AI assistant in response to the "
@@ -63,9 +65,14 @@ def fill_prompt(template: str, instruction: str, input_: str, response: str) -> 
 
 
 class LlmJudgeOptions(PluginOptions):
-    backend: Literal["hf", "openai"] = Field(default="hf", description="hf: a local causal LM; openai: an "
-                                                                       "OpenAI-compatible HTTP endpoint.")
-    model: str = Field(description="hf: local folder, .gguf, pkg:NAME or hub id; openai: the model name sent.")
+    backend: Union[Literal["openai"], PluginSpec] = Field(
+        default=PluginSpec(plugin="transformers"),
+        description="Where the judge model runs (docs/backends.md): a backend table, `{ plugin = \"transformers\" }` "
+                    "(this process; `\"hf\"` is the same), `{ plugin = \"vllm\" }` or `{ plugin = \"openai\", "
+                    "base_url = ... }` (a vLLM/SGLang/TGI server fed dqf's tokens); or the string `\"openai\"`: a "
+                    "hosted chat-completions API at `base_url` (its own chat template, generate mode).")
+    model: str = Field(description="The judge: local folder, .gguf, pkg:NAME or hub id (its tokenizer renders the "
+                                   "prompt on every backend); backend \"openai\": the model name sent.")
     prompt: str = Field(default=ALPAGASUS_PROMPT, min_length=1,
                         description="User prompt with {instruction}, {input} and {response} placeholders "
                                     "(default: AlpaGasus's).")
@@ -98,34 +105,52 @@ class LlmJudgeOptions(PluginOptions):
                                                                         "many seconds, before the retry.")
     temperature: NonNegativeFloat = Field(default=0.0, description="openai: sampling temperature.")
 
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _hf_is_transformers(cls, value):
+        return {"plugin": "transformers"} if value == "hf" else value  # the name before backends were plugins
+
 
 class LlmJudgeScorer(ModelMixin, Scorer):
     """AlpaGasus-style rating: ``llm_judge`` (0-5, Float64) and ``llm_judge_reason`` (why the score is null)."""
 
     name = "llm-judge"
-    version = "1"
+    version = "2"  # 2: a model judge through dqf's backends (generation: dqf's batched greedy loop)
     Options = LlmJudgeOptions
     batch_size = 64  # rows per score() call: each finished batch is cached, so a crash loses little
     cache_ignore = frozenset({"batch_size", "concurrency", "api_key_env", "timeout", "max_retries", "backoff",
                               "max_retry_after"})
+    nested_plugins = {"backend": "backend"}  # a backend table (not the string "openai")
 
     def __init__(self, options=None):
         super().__init__(options)
-        self._model = None
+        self._backend = None
         self._tokenizer = None
+        self._config = None
         self._digit_ids = None
         self._lock = threading.Lock()
         self._stats = {"rows_scored": 0, "null_scores": 0}
 
     @property
+    def chat_api(self) -> bool:
+        """Whether the judge is a hosted chat-completions API (``backend = "openai"``), not a model dqf prompts."""
+        return self.options.backend == "openai"
+
+    @property
     def mode(self) -> str:
-        return self.options.mode or ("expected" if self.options.backend == "hf" else "generate")
+        return self.options.mode or ("generate" if self.chat_api else "expected")
 
     def check(self):
         o = self.options
         if "{instruction}" not in o.prompt or "{response}" not in o.prompt:
             raise ValueError("prompt must contain the {instruction} and {response} placeholders")
-        if o.backend == "openai":
+        if not self.chat_api and (backend := self.nested.get("backend")) is not None:
+            needs = {"next_token"} if self.mode == "expected" else {"generate"}
+            try:
+                require_capabilities(backend, needs, self.name)
+            except DqfError as exc:
+                raise ValueError(f"{exc}; use mode = 'generate'" if self.mode == "expected" else str(exc)) from None
+        if self.chat_api:
             if not o.base_url:
                 raise ValueError("backend 'openai' needs base_url (e.g. 'https://api.openai.com/v1')")
             if not o.base_url.startswith(("http://", "https://")):
@@ -137,7 +162,7 @@ class LlmJudgeScorer(ModelMixin, Scorer):
             except DqfError as exc:
                 raise ValueError(str(exc)) from None
         elif o.base_url:
-            raise ValueError("base_url is an option of backend 'openai'")
+            raise ValueError("base_url is an option of backend 'openai' (a backend table has its own base_url)")
 
     def columns(self):
         import polars as pl
@@ -151,15 +176,20 @@ class LlmJudgeScorer(ModelMixin, Scorer):
     # -- identity --------------------------------------------------------------------------
 
     def identity(self):
-        if self.options.backend == "openai":  # base_url, model, prompt, system, mode are options (in the key)
+        if self.chat_api:  # base_url, model, prompt, system, mode are options (in the key)
             return {"mode": self.mode}
-        return {**self.model_identity(), "mode": self.mode}
+        return {**self.identity_on(self.nested.get("backend")), "mode": self.mode}
 
     # -- scoring ---------------------------------------------------------------------------
     def setup(self):
         self.check()
-        if self.options.backend == "hf" and self._model is None:
-            self._setup_hf()
+        if not self.chat_api and self._backend is None:
+            self._open()
+
+    def close(self):
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
 
     def _prompts(self, batch) -> list[str]:
         return [fill_prompt(self.options.prompt, ins or "", inp or "", out or "")
@@ -172,32 +202,33 @@ class LlmJudgeScorer(ModelMixin, Scorer):
             return pl.DataFrame(schema=self.columns())
         prompts = self._prompts(batch)
         failed = None
-        if self.options.backend == "openai":
+        if self.chat_api:
             results = self._score_openai(prompts)
-            failed = [f for _, _, f in results]
-            results = [(s, r) for s, r, _ in results]
         else:
-            if self._model is None:
-                self.setup()
-            results = self._score_hf(prompts)
+            self.setup()
+            results = self._score_model(prompts)
+        failed = [f for _, _, f in results]
+        results = [(s, r) for s, r, _ in results]
         self.count("rows_scored", len(results))
         self.count("null_scores", sum(1 for s, _ in results if s is None))
         out = pl.DataFrame({"llm_judge": [s for s, _ in results], "llm_judge_reason": [r for _, r in results]},
                            schema=self.columns())
-        if failed is not None:  # requests that ran out of retries: not cached, so a rerun asks again
+        if any(failed):  # requests that ran out of retries: not cached, so a rerun asks again
             out = out.with_columns(pl.Series(FAILED_COLUMN, failed, dtype=pl.Boolean))
         return out
 
-    # -- hf backend ------------------------------------------------------------------------
-    def _setup_hf(self):
-        tok, model = self.load_pretrained("AutoModelForCausalLM")
+    # -- a model behind a dqf backend ---------------------------------------------------------
+    def _open(self):
+        backend = self.nested_plugin("backend")  # built by the recipe loader (or dqf.testing.build_plugin)
+        tok, config = self.open_backend(backend)
         try:
-            ids = single_token_ids(tok, DIGITS)
+            ids = single_token_ids(tok, DIGITS) if self.mode == "expected" else None
         except DqfError as exc:
+            backend.close()
             raise DqfError(f"{self.name}: {exc} (the tokenizer of {self.options.model!r}); use mode = 'generate'"
                            ) from None
-        self._tokenizer, self._model, self._digit_ids = tok, model, ids
-        self._stats.update(truncated_rows=0)
+        self._backend, self._tokenizer, self._config, self._digit_ids = backend, tok, config, ids
+        self._stats.update(truncated_rows=0, backend=backend.name)
 
     def encode_prompt(self, user: str) -> list[int]:
         """Token ids of the judge's input: the chat template (system + user, generation prompt) when the tokenizer
@@ -212,10 +243,11 @@ class LlmJudgeScorer(ModelMixin, Scorer):
 
     def _limit(self) -> int:
         reserve = self.options.max_new_tokens if self.mode == "generate" else 0
-        return max(effective_max_length(self.options.max_length, self._model.config, reserve=reserve), 2)
+        return max(effective_max_length(self.options.max_length, self._config, reserve=reserve), 2)
 
-    def _score_hf(self, prompts):
-        import torch
+    def _score_model(self, prompts):
+        """``(score, reason, failed)`` per prompt from the backend: the expected digit, or the parsed answer."""
+        import numpy as np
 
         limit = self._limit()
         encoded = []
@@ -226,31 +258,27 @@ class LlmJudgeScorer(ModelMixin, Scorer):
                 head = limit // 2
                 ids = ids[:head] + ids[len(ids) - (limit - head):]
             encoded.append(ids)
-        tok, model = self._tokenizer, self._model
-        device = self.placement()[0]
-        pad = pad_token_id(tok)
-        out: list = [None] * len(prompts)
-        for group in length_batches([len(e) for e in encoded], self.options.batch_size, descending=True):
-            batch = collate([{"input_ids": encoded[i]} for i in group], pad, side="left")
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            with forward_mode(device):
-                if self.mode == "expected":
-                    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-                    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1, :]
-                    probs = torch.softmax(logits[:, self._digit_ids].float(), dim=-1)
-                    values = (probs * torch.arange(len(DIGITS), dtype=torch.float32, device=probs.device)).sum(-1)
-                    for i, v in zip(group, values.tolist()):
-                        out[i] = (float(v), None)
-                else:
-                    gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
-                                         max_new_tokens=self.options.max_new_tokens, pad_token_id=pad)
-                    texts = tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
-                    for i, t in zip(group, texts):
-                        out[i] = parse_score(t)
+        backend = self._backend
+        if self.mode == "expected":
+            lp = backend.next_token_logprobs(encoded, [[t] for t in self._digit_ids])
+            failures = backend.failures()
+            # the digits' probabilities renormalised among themselves, then their mean
+            probs = np.exp(lp - lp.max(axis=1, keepdims=True))
+            values = (probs / probs.sum(axis=1, keepdims=True)) @ np.arange(len(DIGITS), dtype=np.float64)
+            out = [(float(v), None, False) if np.isfinite(v) else (None, "no digit probabilities", False)
+                   for v in values]
+        else:
+            texts = backend.generate(encoded, max_new_tokens=self.options.max_new_tokens,
+                                     batch_size=self.options.batch_size)
+            failures = backend.failures()
+            out = [(*parse_score(t), False) for t in texts]
+        for i, why in failures.items():  # the backend could not answer: null now, asked again next run
+            out[i] = (None, why, True)
         return out
 
     # -- openai backend --------------------------------------------------------------------
     def _score_openai(self, prompts):
+        """``(score, reason, failed)`` per prompt from the chat-completions API."""
         from concurrent.futures import ThreadPoolExecutor
 
         o = self.options

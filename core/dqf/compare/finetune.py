@@ -69,6 +69,10 @@ class FinetuneEvalOptions(PluginOptions):
         "`alpaca`: the Stanford Alpaca prompt (works with any model); `chat`: the tokenizer's chat template."))
     max_new_tokens: int = Field(default=64, gt=0, description="Longest generated held-out answer, in tokens.")
     eval_batch_size: int = Field(default=8, gt=0, description="Held-out rows per forward pass / generate call.")
+    backend: PluginSpec = Field(default=PluginSpec(plugin="transformers"), description=(
+        "Where the held-out answers are generated (docs/backends.md): `transformers` (this process, the merged "
+        "adapter), `vllm` (the adapter served unmerged) or `openai` (a server that loads the adapter). "
+        "Fine-tuning and the held-out loss (one forward pass per row) run in this process."))
     judge: PluginSpec = Field(default=PluginSpec(plugin="reference-similarity", reference=JUDGE_REFERENCE),
                               description="Scorer that rates each generated answer; it reads the held-out reference "
                                           f"answer as column `{JUDGE_REFERENCE}`. A plain name uses that scorer's "
@@ -83,12 +87,13 @@ class FinetuneEvalOptions(PluginOptions):
 
 
 def parse_options(options: dict | None) -> FinetuneEvalOptions:
-    """Validate ``options``; a string ``judge`` names a scorer with its default options."""
+    """Validate ``options``; a string ``judge`` or ``backend`` names that plugin with its default options."""
     from dqf.recipe import _pydantic_lines
 
     raw = dict(options or {})
-    if isinstance(raw.get("judge"), str):
-        raw["judge"] = {"plugin": raw["judge"]}
+    for key in ("judge", "backend"):
+        if isinstance(raw.get(key), str):
+            raw[key] = {"plugin": raw[key]}
     try:
         return FinetuneEvalOptions.model_validate(raw)
     except ValidationError as exc:
@@ -131,13 +136,14 @@ def finetune_eval(strategies: dict[str, "Any"], *, heldout, host, options: dict,
         from dqf.registry import build_plugin_manager
 
         host = build_plugin_manager()
+    backend = _build_backend(host, o)
     judge, judge_col = _build_judge(host, o)
 
     ref = resolve_model(o.model)
     device = pick_device(o.device)
     dtype = pick_dtype(device, o.dtype)
     cache_root = Path(o.cache_dir).expanduser() if o.cache_dir else default_cache_dir()
-    run = _Run(o, ref, device, dtype, cache_root, reporter, held)
+    run = _Run(o, ref, device, dtype, cache_root, reporter, held, backend)
 
     held_questions = {(r[0], r[1]) for r in held}
     out: dict[str, dict] = {}
@@ -149,10 +155,9 @@ def finetune_eval(strategies: dict[str, "Any"], *, heldout, host, options: dict,
         if rows is not None:
             train_meta = run.cached_train_meta(model_key)
         if evaluation is None or (rows is not None and train_meta is None):
-            model = run.model(name, rows, model_key)
+            evaluation = run.evaluate(name, lambda: run.model(name, rows, model_key), model_key,
+                                      adapter=None if rows is None else run.root / model_key)
             train_meta = run.last_train_meta
-            evaluation = run.evaluate(name, model, model_key)
-            del model
             info["cached"] = False
         else:
             info["cached"] = True
@@ -187,6 +192,19 @@ def _hash(payload) -> str:
 
 
 # -- judge ----------------------------------------------------------------------------------------
+
+def _build_backend(host, o: FinetuneEvalOptions):
+    """The backend the evaluation runs on, or None for the in-process one; refused now if it cannot do both."""
+    from dqf.lm import off_process, require_capabilities
+    from dqf.recipe import instantiate
+
+    errors: list[str] = []
+    backend = instantiate(host, "backend", o.backend, "finetune.backend", errors)
+    if backend is None:
+        raise DqfError(*errors)
+    require_capabilities(backend, {"generate"}, "compare --finetune")
+    return off_process(backend)
+
 
 def _build_judge(host, o: FinetuneEvalOptions):
     """The judge scorer, built and set up now so a bad judge fails before any fine-tuning."""
@@ -248,8 +266,8 @@ def _judge_mean(judge, col: str, held, generated: list[str]) -> dict:
 class _Run:
     """Shared state of one finetune_eval call: base model, tokenizer, keys and the artifact folder."""
 
-    def __init__(self, o: FinetuneEvalOptions, ref, device, dtype, cache_root: Path, reporter, held):
-        self.o, self.ref, self.device, self.dtype = o, ref, device, dtype
+    def __init__(self, o: FinetuneEvalOptions, ref, device, dtype, cache_root: Path, reporter, held, backend=None):
+        self.o, self.ref, self.device, self.dtype, self.backend = o, ref, device, dtype, backend
         self.cache_root, self.reporter, self.held = cache_root, reporter, held
         self.root = Store(cache_root).artifact_dir(ARTIFACTS)
         self._tok = None
@@ -286,9 +304,11 @@ class _Run:
 
     def eval_key(self, model_key: str) -> str:
         o = self.o
-        return "eval-" + _hash({"v": VERSION, "model": model_key, "heldout": self.held_key,
-                                "template": o.prompt_template, "max_length": o.max_length,
-                                "max_new_tokens": o.max_new_tokens, "dtype": str(self.dtype)})
+        key = {"v": VERSION, "model": model_key, "heldout": self.held_key, "template": o.prompt_template,
+               "max_length": o.max_length, "max_new_tokens": o.max_new_tokens, "dtype": str(self.dtype)}
+        if self.backend is not None:  # another engine's numbers are cached apart from this process's
+            key["backend"] = self.backend.results_identity()
+        return "eval-" + _hash(key)
 
     def cached_train_meta(self, model_key: str) -> dict | None:
         path = self.root / model_key / "train.json"
@@ -314,20 +334,27 @@ class _Run:
 
     def model(self, name: str, rows, model_key: str):
         """The model to evaluate: the base, a cached adapter merged in, or one fine-tuned now (and cached)."""
-        import torch
+        from dqf.lm import load_adapter, merged_for_inference
 
-        from dqf.lm import (TrainConfig, add_lora, load_adapter, merged_for_inference, save_trained,
-                                train_causal_lm, training_examples)
-
-        o = self.o
         self.last_train_meta = None
         if rows is None:
             return self._load_base(inference=True)
-        art = self.root / model_key
         meta = self.cached_train_meta(model_key)
         if meta is not None:
             self.last_train_meta = meta
-            return load_adapter(self._load_base(), art)
+            return load_adapter(self._load_base(), self.root / model_key)
+        # a backend loads the adapter from its folder, so it is written even with use_cache = false
+        save = self.o.use_cache or self.backend is not None
+        return merged_for_inference(self._train(name, rows, model_key, save=save), "lora")
+
+    def _train(self, name: str, rows, model_key: str, *, save: bool):
+        """Fine-tune a LoRA on ``rows`` under the fixed budget; saved to the artifact folder when ``save``."""
+        import torch
+
+        from dqf.lm import TrainConfig, add_lora, save_trained, train_causal_lm, training_examples
+
+        o = self.o
+        art = self.root / model_key
         tok = self.tok
         # Sorted by content: the order rows arrive in does not change what is learned.
         ordered = sorted(rows, key=_content_id)
@@ -352,17 +379,44 @@ class _Run:
                 "seed": o.seed, "dtype": str(self.dtype), "train_rows": len(rows), "train_rows_cut_off": dropped,
                 "examples_seen": len(schedule), "steps": result.steps, "tokens": result.tokens,
                 "seconds": round(result.seconds, 3), "epoch_losses": result.epoch_losses}
-        if o.use_cache:
+        if save:
             save_trained(model, art, meta)
         self.last_train_meta = meta
-        return merged_for_inference(model, "lora")
+        return model
 
-    def evaluate(self, name: str, model, model_key: str) -> dict:
-        """Per-row loss of the held-out reference answers and the generated answers; cached as eval.json."""
-        import numpy as np
+    def evaluate(self, name: str, load, model_key: str, *, adapter: Path | None) -> dict:
+        """Per-row loss of the held-out reference answers (in this process, on the model ``load()`` gives) and the
+        generated answers (here, or on the backend: the base weights with ``adapter`` on top, unmerged on
+        vLLM, after this process's copy is freed); cached as eval.json once every answer came back."""
+        from dqf.lm import ModelSource, answer_losses, generate_answers, weights_folder
 
-        from dqf.lm import generate_answers, prompt_ids, response_ids, truncate_left
-        from dqf.lm import answer_losses
+        o, tok, backend = self.o, self.tok, self.backend
+        prompts, answers, gen_prompts = self._eval_inputs()
+        model = load()
+        model.eval()
+        losses = answer_losses(model, tok, prompts, answers, batch_size=o.eval_batch_size)
+        with self.reporter.task(f"generate {name}", len(gen_prompts)) as advance:
+            def on_batch(pos, texts):
+                advance(len(pos))
+
+            if backend is None:
+                generated = generate_answers(model, tok, gen_prompts, max_new_tokens=o.max_new_tokens, num_beams=1,
+                                             batch_size=o.eval_batch_size, on_batch=on_batch)
+                return self._keep(model_key, losses, generated, complete=True)
+            del model  # the backend's engine gets the memory
+            _free_accelerator_memory()
+            source = ModelSource(str(weights_folder(self.ref, self.cache_root)), tok,
+                                 adapter=None if adapter is None else str(adapter), identity=self.ref.identity)
+            generated, failed = backend.answer(source, gen_prompts, device=self.device, dtype=self.dtype,
+                                               max_new_tokens=o.max_new_tokens, batch_size=o.eval_batch_size,
+                                               on_batch=on_batch)
+        # answers a server could not give are null now and asked for again next time (nothing cached)
+        return self._keep(model_key, losses, generated, complete=not failed)
+
+    def _eval_inputs(self):
+        """Held-out prompts and reference answers as token ids (cut as training cuts them), and the prompts
+        answers are generated for."""
+        from dqf.lm import prompt_ids, response_ids, truncate_left
 
         o, tok = self.o, self.tok
         prompts, answers = [], []
@@ -371,17 +425,25 @@ class _Run:
             a = response_ids(tok, ins, inp, outp, o.prompt_template, tok.eos_token_id)
             prompts.append(p)
             answers.append(a[:max(0, o.max_length - len(p))])  # as training cuts prompt + answer
-        model.eval()
-        losses = answer_losses(model, tok, prompts, answers, batch_size=o.eval_batch_size)
-        gen_prompts = [truncate_left(p, o.max_length)[0] for p in prompts]
-        with self.reporter.task(f"generate {name}", len(gen_prompts)) as advance:
-            generated = generate_answers(model, tok, gen_prompts, max_new_tokens=o.max_new_tokens, num_beams=1,
-                                         batch_size=o.eval_batch_size,
-                                         on_batch=lambda pos, texts: advance(len(pos)))
+        return prompts, answers, [truncate_left(p, o.max_length)[0] for p in prompts]
+
+    def _keep(self, model_key: str, losses, generated: list, *, complete: bool) -> dict:
+        import numpy as np
+
         data = {"losses": [None if not np.isfinite(x) else float(x) for x in losses], "generated": generated}
-        if o.use_cache:
+        if self.o.use_cache and complete:
             _write_json(self.root / self.eval_key(model_key) / "eval.json", data)
         return data
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def fixed_budget(n_rows: int, n_examples: int, seed: int) -> list[int]:

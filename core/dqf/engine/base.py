@@ -38,7 +38,7 @@ class Executor:
 
     def __init__(self, recipe: "Recipe"):
         self.recipe = recipe
-        self._setup_done: set[int] = set()
+        self._setup_done: dict[int, "Plugin"] = {}
 
     def read_input(self, limit: int | None, advance) -> "ReadResult":
         """The recipe's input, read in this process in file order."""
@@ -61,12 +61,27 @@ class Executor:
         """Yield ``(positions, vectors)`` covering ``texts``, one cache shard's worth at a time."""
         raise NotImplementedError
 
+    def generate(self, backend, model, prompts, *, label: str, step_id: str | None, **kwargs) -> tuple[list, dict]:
+        """:meth:`dqf.StepContext.generate`: ``(answers, failed positions)``; the base opens ``backend`` here."""
+        return backend.answer(model, prompts, **kwargs)
+
+    def run_once(self, fn, kwargs: dict, *, label: str, plugin: "Plugin", step_id: str | None, progress) -> Any:
+        """:meth:`dqf.StepContext.run_once`; the base runs ``fn`` here, its progress shown as ``label``."""
+        return fn(progress=lambda total: progress(label, total), **kwargs)
+
     def record(self) -> dict[str, Any]:
         """Recorded in the manifest as ``engine``: which executor ran the steps, and how."""
         return {"kind": self.kind}
 
     def close(self) -> None:
-        """Release what the run held (a cluster it started)."""
+        """Release what the run held: every plugin set up here (:meth:`dqf.Plugin.close`), a cluster it started."""
+        for plugin in list(self._setup_done.values()):
+            self.release(plugin)
+
+    def release(self, plugin: "Plugin") -> None:
+        """Close ``plugin`` if this executor set it up (its next use sets it up again)."""
+        if self._setup_done.pop(id(plugin), None) is not None:
+            plugin.close()
 
     def setup_once(self, plugin: "Plugin", label: str) -> None:
         """Call ``plugin.setup()`` the first time this executor uses it; a failure names ``label``."""
@@ -77,4 +92,4 @@ class Executor:
         except DqfError as exc:  # say which step's model failed to load
             raise DqfError(*[line if line.startswith(f"{label}: ") else f"{label}: {line}" for line in exc.lines]
                            ) from None
-        self._setup_done.add(id(plugin))
+        self._setup_done[id(plugin)] = plugin

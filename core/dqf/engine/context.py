@@ -46,6 +46,12 @@ def step_context(engine, step: "Step", table, results) -> StepContext:
                                        what=f"scorer {scorer.name!r} (inside step {step.id!r})")
         return rows.select("id").join(scored, on="id", how="left", maintain_order="left").drop("id")
 
+    def generate(backend, model, prompts, **kwargs):
+        return executor.generate(backend, model, prompts, label=f"{step.id}: generate ({backend.name})",
+                                 step_id=step.id, **kwargs)
+
     return StepContext(step_id=step.id, seed=engine.recipe.seed, run_dir=engine.run_dir, cache_dir=store.root,
                        _step_rows=step_rows, _embeddings=embeddings, _score=score, _progress=reporter.task,
-                       _artifacts=lambda plugin, key: store.artifact_dir(plugin.name, key))
+                       _artifacts=lambda plugin, key: store.artifact_dir(plugin.name, key), _generate=generate,
+                       _run_once=lambda fn, label, kwargs: executor.run_once(fn, kwargs, label=label, plugin=step.plugin,
+                                                                             step_id=step.id, progress=reporter.task))

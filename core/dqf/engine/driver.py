@@ -125,7 +125,10 @@ class Engine:
             sub = table.filter(pl.col("_idx").is_in(rows_in.implode())) if step.source != "input" else table
             cache_info: dict[str, int] | None = None
             if isinstance(step.plugin, Scorer):
-                scored, cache_info = self._run_scorer(step, sub)
+                try:
+                    scored, cache_info = self._run_scorer(step, sub)
+                finally:  # only this step uses the step's scorer: free its model before the next step loads one
+                    self.executor.release(step.plugin)
                 table = self._attach(table, scored)
                 sub = table.filter(pl.col("_idx").is_in(rows_in.implode())) if step.source != "input" else table
             elif isinstance(step.plugin, Probe):

@@ -41,6 +41,8 @@ TRACEBACK_COLUMN = "_dqf_traceback"
 #: Most blocks one map is cut into; past it a block holds several batches (never a part of one).
 MAX_BLOCKS = 1000
 RAY_USER = "the Ray engine (--engine ray)"
+#: Prompts per generation call on an actor: each finished block is cached on the driver.
+GENERATE_BLOCK = 64
 
 
 def import_ray():
@@ -121,11 +123,11 @@ def _differences(here: Any, there: Any, path: str = "") -> list[str]:
     return [] if here == there else [f"{path}: {here!r} here, {there!r} on the driver"]
 
 
-def _failure(spec: WorkerSpec, exc: BaseException) -> tuple[str, str]:
+def _failure(label: str, exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, DqfError):  # say which step, as the local engine does for a model that fails to load
-        lines = [line if line.startswith(f"{spec.label}: ") else f"{spec.label}: {line}" for line in exc.lines]
+        lines = [line if line.startswith(f"{label}: ") else f"{label}: {line}" for line in exc.lines]
     else:
-        lines = [f"{spec.label}: failed on Ray worker {socket.gethostname()}: {type(exc).__name__}: {exc}"]
+        lines = [f"{label}: failed on Ray worker {socket.gethostname()}: {type(exc).__name__}: {exc}"]
     return "\n".join(lines), "".join(traceback.format_exception(exc))
 
 
@@ -145,7 +147,7 @@ def score_batch(batch, *, spec: WorkerSpec, view: list[str], keep: list[str]):
         out = out.select([c for c in out.columns if c not in keep])
         return pl.concat([frame.select(keep), out], how="horizontal").to_arrow()
     except Exception as exc:
-        message, tb = _failure(spec, exc)
+        message, tb = _failure(spec.label, exc)
         return pa.table({ERROR_COLUMN: [message], TRACEBACK_COLUMN: [tb]})
 
 
@@ -159,8 +161,65 @@ def embed_batch(batch, *, spec: WorkerSpec):
         vecs = check_vectors(embedder, embedder.embed(texts), len(texts))
         return {"pos": batch["pos"], "vec": vecs}
     except Exception as exc:
-        message, tb = _failure(spec, exc)
+        message, tb = _failure(spec.label, exc)
         return {ERROR_COLUMN: np.array([message]), TRACEBACK_COLUMN: np.array([tb])}
+
+
+_BACKENDS: dict[tuple, Plugin] = {}
+
+
+def worker_backend(spec: WorkerSpec, model, device, dtype) -> Plugin:
+    """The backend for ``spec`` in this actor, opened on ``model`` once (the actor keeps it for every batch)."""
+    key = (spec.token, model.path, model.adapter)
+    backend = _BACKENDS.get(key)
+    if backend is not None:
+        return backend
+    for old in list(_BACKENDS):  # an actor serves one model at a time
+        _BACKENDS.pop(old).close()
+    from dqf.recipe import instantiate
+    from dqf.registry import build_plugin_manager
+
+    host = _HOSTS.get(spec.local_modules)
+    if host is None:
+        host = _HOSTS[spec.local_modules] = build_plugin_manager([Path(p) for p in spec.local_modules])
+    errors: list[str] = []
+    backend = instantiate(host, "backend", {"plugin": spec.name, **spec.options}, spec.name, errors)
+    if backend is None:
+        raise DqfError(*[f"{spec.label}: cannot rebuild the backend on Ray worker {socket.gethostname()}: {e}"
+                         for e in errors])
+    if device is None or getattr(device, "type", device) == "cpu":
+        from dqf.lm.models import pick_device
+
+        device = pick_device("auto")  # the driver may have no GPU where this actor has one
+    backend.open(model, device=device, dtype=dtype)
+    _BACKENDS[key] = backend
+    return backend
+
+
+def generate_batch(batch, *, spec: WorkerSpec, model, device, dtype, max_new_tokens: int, num_beams: int,
+                   batch_size: int | None):
+    """Ray Data UDF: answers to ``batch["prompt"]`` (token ids) with their positions and failure reasons."""
+    import pyarrow as pa
+
+    try:
+        backend = worker_backend(spec, model, device, dtype)
+        prompts = batch["prompt"].to_pylist()
+        texts = backend.generate(prompts, max_new_tokens=max_new_tokens, num_beams=num_beams, batch_size=batch_size)
+        failed = backend.failures()
+        return pa.table({"pos": batch["pos"], "text": pa.array(texts, pa.string()),
+                         "failure": pa.array([failed.get(i) for i in range(len(texts))], pa.string())})
+    except Exception as exc:
+        message, tb = _failure(spec.label, exc)
+        return pa.table({ERROR_COLUMN: [message], TRACEBACK_COLUMN: [tb]})
+
+
+def run_task(fn: Callable, kwargs: dict, label: str):
+    """Ray task: ``fn(progress=None, **kwargs)``, or ``(ERROR_COLUMN, message, traceback)`` when it fails."""
+    try:
+        return fn(progress=None, **kwargs)
+    except Exception as exc:
+        message, tb = _failure(label, exc)
+        return (ERROR_COLUMN, message, tb)
 
 
 def read_shard(path: str, shown: str, *, fmt: str, fields: dict | None, on_bad_row: str):
@@ -180,7 +239,11 @@ class PluginActor:
     def __init__(self, fn: Callable, fn_kwargs: dict):
         self.fn, self.kwargs = fn, fn_kwargs
         try:
-            worker_plugin(fn_kwargs["spec"])
+            if fn is generate_batch:
+                k = fn_kwargs
+                worker_backend(k["spec"], k["model"], k["device"], k["dtype"])
+            else:
+                worker_plugin(fn_kwargs["spec"])
         except Exception:
             pass  # not cached, so the first batch fails the same way and reports it as one line
 
@@ -221,6 +284,7 @@ class RayExecutor(Executor):
         self._cluster: dict[str, float] = {}
 
     def close(self):
+        super().close()
         if self._started:
             self.ray.shutdown()
             self._started = self._connected = False
@@ -327,9 +391,56 @@ class RayExecutor(Executor):
                     advance(len(pos[start:start + SHARD_TEXTS]))
                 yield pos[start:start + SHARD_TEXTS], vecs[start:start + SHARD_TEXTS]
 
+    def generate(self, backend, model, prompts, *, label, step_id, max_new_tokens, num_beams=1, batch_size=None,
+                 on_batch=None, device=None, dtype=None):
+        """Answers from an actor pool, each actor opening ``backend`` on ``model``'s files once; results reach
+        ``on_batch`` on the driver as blocks finish."""
+        import dataclasses
+
+        import polars as pl
+
+        if not prompts:
+            return [], {}
+        if model.loaded is not None:  # actors load from disk: a model trained here was saved (its folder is there)
+            model = dataclasses.replace(model, loaded=None)
+        frame = pl.DataFrame({"pos": list(range(len(prompts))), "prompt": [list(p) for p in prompts]},
+                             schema={"pos": pl.Int64, "prompt": pl.List(pl.Int64)})
+        spec = self._spec(backend, label)
+        texts: list = [None] * len(prompts)
+        failed: dict[int, str] = {}
+        kwargs = {"model": model, "device": device, "dtype": dtype, "max_new_tokens": max_new_tokens,
+                  "num_beams": num_beams, "batch_size": batch_size}
+        for block in self._map(backend, spec, frame, GENERATE_BLOCK, GENERATE_BLOCK, generate_batch, kwargs,
+                               "pyarrow", step_id, actors=True):
+            pos = block["pos"].to_pylist()
+            got = block["text"].to_pylist()
+            for i, t, why in zip(pos, got, block["failure"].to_pylist()):
+                texts[i] = t
+                if why is not None:
+                    failed[i] = why
+            if on_batch is not None:
+                on_batch(pos, got)
+        return texts, failed
+
+    def run_once(self, fn, kwargs, *, label, plugin, step_id, progress):
+        """One Ray task with the step's resources (a GPU for fine-tuning, where ``num_gpus`` asks for one)."""
+        self._connect()
+        opts = self.worker_options(plugin, step_id)
+        resources = {"num_cpus": opts.num_cpus if opts.num_cpus is not None else 1}
+        if opts.num_gpus:
+            resources["num_gpus"] = opts.num_gpus
+            self._check_gpus(opts.num_gpus, label)
+        self._maps.append({"step": step_id, "plugin": plugin.name, "compute": "task", "task": fn.__name__,
+                           **{k: float(v) for k, v in resources.items()}})
+        with progress(label, None):
+            out = self.ray.get(self.ray.remote(run_task).options(**resources).remote(fn, kwargs, label))
+        if isinstance(out, tuple) and len(out) == 3 and out[0] == ERROR_COLUMN:
+            raise DqfError(*out[1].splitlines()) from RemoteTraceback(out[2])
+        return out
+
     # -- Ray Data --------------------------------------------------------------------------------
     def _map(self, plugin: Plugin, spec: WorkerSpec, frame, batch_size: int, block_rows: int, fn: Callable,
-             fn_kwargs: dict, batch_format: str, step_id: str | None) -> Iterator[Any]:
+             fn_kwargs: dict, batch_format: str, step_id: str | None, actors: bool | None = None) -> Iterator[Any]:
         """Run ``fn`` over ``frame`` on the cluster, ``batch_size`` rows per call; yield result blocks as they arrive."""
         import ray.data as rd
 
@@ -347,7 +458,8 @@ class RayExecutor(Executor):
         if opts.num_gpus:
             resources["num_gpus"] = opts.num_gpus
             self._check_gpus(opts.num_gpus, spec.label)
-        actors = opts.compute == "actors" or (opts.compute == "auto" and loads_model(plugin))
+        if actors is None:
+            actors = opts.compute == "actors" or (opts.compute == "auto" and loads_model(plugin))
         if actors:
             # never more actors (each loading the model) than blocks to hand them
             size = min(opts.concurrency or self._default_actors(opts.num_gpus), len(blocks))

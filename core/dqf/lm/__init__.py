@@ -6,7 +6,7 @@ Importing it loads no model library: torch and transformers are imported by the 
 
 from __future__ import annotations
 
-from dqf.lm.backends import (ModelSource, losses_from_prompt_logprobs, next_token_from_prompt_logprobs,
+from dqf.lm.backends import (ModelSource, losses_from_prompt_logprobs, next_token_from_prompt_logprobs, off_process,
                              require_capabilities)
 from dqf.lm.batching import MAX_PADDING, collate, forward_mode, length_batches, pad_token_id
 from dqf.lm.finetune import (TrainConfig, TrainExample, TrainResult, add_lora, load_adapter, merged_for_inference,
@@ -14,7 +14,8 @@ from dqf.lm.finetune import (TrainConfig, TrainExample, TrainResult, add_lora, l
 from dqf.lm.generate import generate_answers, prepare_tokenizer, prompt_ids, prompt_text, response_ids, truncate_left
 from dqf.lm.http import EndpointError, JsonClient, Reply, api_key, retry_after_seconds
 from dqf.lm.losses import answer_losses
-from dqf.lm.models import (ModelMixin, ModelRef, effective_max_length, load_model, load_tokenizer, one_line,
+from dqf.lm.models import (ModelMixin, ModelRef, effective_max_length, files_identity, load_model, load_tokenizer,
+                           one_line,
                            pick_device, pick_dtype, resolve_model, weights_folder)
 from dqf.lm.next_token import answer_token_ids, fit_prompt, next_token_logprobs, single_token_ids
 from dqf.lm.onednn import onednn_linears
@@ -26,9 +27,10 @@ from dqf.lm.scorer import CausalLMOptions, CausalLMScorer, ModelScorer
 __all__ = [
     # models
     "ModelRef", "ModelMixin", "resolve_model", "load_model", "load_tokenizer", "pick_device", "pick_dtype",
-    "effective_max_length", "one_line", "weights_folder",
+    "effective_max_length", "one_line", "weights_folder", "files_identity",
     # what a plugin hands its backend (dqf.Backend)
-    "ModelSource", "require_capabilities", "losses_from_prompt_logprobs", "next_token_from_prompt_logprobs",
+    "ModelSource", "require_capabilities", "off_process",
+    "losses_from_prompt_logprobs", "next_token_from_prompt_logprobs",
     # scorers over a model
     "ModelScorer", "CausalLMScorer", "CausalLMOptions",
     # prompts

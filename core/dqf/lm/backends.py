@@ -74,3 +74,9 @@ def next_token_from_prompt_logprobs(prompts, token_sets, prompt_logprobs) -> "np
         for j, s in enumerate(token_sets):
             out[i, j] = np.logaddexp.reduce([by[t] for t in s]) if s else np.nan
     return out
+
+
+def off_process(backend) -> "Any":
+    """``backend`` when it is not the in-process ``transformers`` one (whose numbers are a local run's), else None."""
+    return None if backend is None or backend.name == "transformers" else backend
+

@@ -67,9 +67,15 @@ def _identity(path: Path, gguf_file: str | None) -> dict[str, Any]:
     for p in files:
         st = p.stat()
         h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-        if p.name == "config.json":
+        if p.name in ("config.json", "adapter_config.json"):
             h.update(p.read_bytes())
     return {"files": h.hexdigest()}
+
+
+def files_identity(folder: str | Path) -> dict[str, Any]:
+    """The cheap fingerprint dqf keys cached results by for a folder of model files (a model, a LoRA adapter): file
+    names, sizes and mtimes, plus the config files' contents."""
+    return _identity(Path(folder), None)
 
 
 def resolve_model(spec: str, base_dir: str | Path | None = None) -> ModelRef:
@@ -303,3 +309,27 @@ class ModelMixin:
     def model_identity(self) -> dict[str, Any]:
         device, dtype = self.placement()
         return {"model": self.model_ref().identity, "dtype": str(dtype).removeprefix("torch."), "device": device.type}
+
+    def identity_on(self, backend) -> dict[str, Any]:
+        """:meth:`model_identity` of results computed on ``backend``: another engine's numbers are keyed by that
+        engine (:meth:`dqf.Backend.results_identity`) instead of this process's device."""
+        from dqf.lm.backends import off_process
+
+        out = self.model_identity()
+        if off_process(backend) is not None:
+            out = {**out, "backend": backend.results_identity()}
+            out.pop("device", None)
+        return out
+
+    def open_backend(self, backend) -> tuple[Any, Any]:
+        """Open ``backend`` on this plugin's model (its files, cache and placement); ``(tokenizer, model config)``
+        for rendering prompts and bounding their length."""
+        from dqf.lm.backends import ModelSource
+
+        ref = self.model_ref()
+        cache_dir = self.workspace.cache_dir
+        tokenizer = load_tokenizer(ref, cache_dir=cache_dir)
+        path = weights_folder(ref, cache_dir)
+        device, dtype = self.placement()
+        backend.open(ModelSource(str(path), tokenizer, identity=ref.identity), device=device, dtype=dtype)
+        return tokenizer, _transformers().AutoConfig.from_pretrained(path)

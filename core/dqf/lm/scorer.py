@@ -6,9 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveInt
 
-from dqf.lm.backends import ModelSource, require_capabilities
+from dqf.lm.backends import off_process, require_capabilities
 from dqf.lm.losses import answer_losses
-from dqf.lm.models import ModelMixin, effective_max_length, load_tokenizer, weights_folder
+from dqf.lm.models import ModelMixin, effective_max_length
 from dqf.lm.next_token import next_token_logprobs
 from dqf.plugin import PluginOptions, PluginSpec, Scorer
 
@@ -63,6 +63,9 @@ class ModelScorer(ModelMixin, Scorer):
             self.model = None  # a half-set-up scorer must not look ready
             raise
 
+    def close(self):
+        self.model = self.tokenizer = None
+
     def score(self, batch):
         import polars as pl
 
@@ -114,8 +117,7 @@ class CausalLMScorer(ModelScorer):
 
     def _remote(self):
         """The scorer's backend when it is not the in-process one, else None."""
-        backend = self.nested.get("backend")
-        return None if backend is None or backend.name == "transformers" else backend
+        return off_process(self.nested.get("backend"))
 
     def check(self):
         backend = self.nested.get("backend")
@@ -123,12 +125,7 @@ class CausalLMScorer(ModelScorer):
             require_capabilities(backend, set(self.backend_needs), self.name)
 
     def identity(self):
-        out = self.model_identity()
-        remote = self._remote()
-        if remote is not None:  # another engine's numbers are cached apart from this process's
-            out = {**out, "backend": remote.results_identity()}
-            out.pop("device", None)
-        return out
+        return self.identity_on(self._remote())
 
     def setup(self):
         remote = self._remote()
@@ -136,16 +133,17 @@ class CausalLMScorer(ModelScorer):
             return super().setup()
         if self.tokenizer is not None:
             return
-        from transformers import AutoConfig
-
-        ref = self.model_ref()
-        tokenizer = load_tokenizer(ref, cache_dir=self.workspace.cache_dir)
-        path = weights_folder(ref, self.workspace.cache_dir)
-        remote.open(ModelSource(str(path), tokenizer, identity=ref.identity), dtype=self.placement()[1])
+        tokenizer, config = self.open_backend(remote)
         self._backend, self.tokenizer = remote, tokenizer
-        self.max_length = effective_max_length(self.options.max_length, AutoConfig.from_pretrained(path))
+        self.max_length = effective_max_length(self.options.max_length, config)
         self._stats.update({c: 0 for c in self.counters}, max_length=self.max_length, backend=remote.name)
         self.loaded()
+
+    def close(self):
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+        super().close()
 
     def losses(self, prompts, answers):
         """Mean NLL per answer token of ``answers`` after ``prompts`` (token ids): :func:`dqf.lm.answer_losses`

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import dqf
 from scorer_helpers import scorer_batch
 from dqf.lm import retry_after_seconds
+from dqf.testing import build_plugin
 from http_servers import Serving
 from dqf_contrib.llm_judge.llm_judge import ALPAGASUS_PROMPT, ALPAGASUS_SYSTEM, LlmJudgeScorer, fill_prompt, parse_score
 
@@ -56,8 +57,9 @@ ROWS = [("Name a color.", "", "Blue."), ("Add the numbers.", "2 and 3", "The sum
 
 def test_hf_expected_score_equals_digit_probability_weighted_sum(tiny_models):
     path = tiny_models["llama"]
-    s = LlmJudgeScorer(LlmJudgeScorer.Options(model=str(path), batch_size=3, device="cpu"))
+    s = build_plugin("scorer", "llm-judge", model=str(path), batch_size=3, device="cpu")
     s.setup()
+    assert s.stats()["backend"] == "transformers"
     out = s.score(frame(ROWS))
     assert dict(out.schema) == s.columns() == {"llm_judge": pl.Float64, "llm_judge_reason": pl.String}
     assert out["llm_judge_reason"].null_count() == len(ROWS)
@@ -81,14 +83,14 @@ def test_hf_expected_score_equals_digit_probability_weighted_sum(tiny_models):
     assert s.stats()["rows_scored"] == len(ROWS) and s.stats()["null_scores"] == 0
     # batch size is speed only; mode and prompt are part of the cache key
     base = s.cache_key()
-    assert LlmJudgeScorer(LlmJudgeScorer.Options(model=str(path), batch_size=1, device="cpu")).cache_key() == base
-    assert LlmJudgeScorer(LlmJudgeScorer.Options(model=str(path), device="cpu", mode="generate")).cache_key() != base
-    assert LlmJudgeScorer(LlmJudgeScorer.Options(model=str(path), device="cpu", system="")).cache_key() != base
+    assert build_plugin("scorer", "llm-judge", model=str(path), batch_size=1, device="cpu").cache_key() == base
+    assert build_plugin("scorer", "llm-judge", model=str(path), device="cpu", mode="generate").cache_key() != base
+    assert build_plugin("scorer", "llm-judge", model=str(path), device="cpu", system="").cache_key() != base
 
 
 def test_hf_generate_mode_parses_or_gives_reason(tiny_models):
-    s = LlmJudgeScorer(LlmJudgeScorer.Options(model=str(tiny_models["llama"]), mode="generate", max_new_tokens=4,
-                                              device="cpu"))
+    s = build_plugin("scorer", "llm-judge", model=str(tiny_models["llama"]), mode="generate", max_new_tokens=4,
+                     device="cpu")
     s.setup()
     out = s.score(frame(ROWS[:2]))
     for score, reason in out.iter_rows():  # a random model rarely writes a number: never invent one

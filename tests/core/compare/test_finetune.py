@@ -180,3 +180,58 @@ def test_bad_options_and_names_fail_before_any_work(models, host, heldout, tmp_p
     with pytest.raises(DqfError, match="selected no rows"):
         finetune_eval({"empty": heldout.clear()}, heldout=heldout, host=host, options=options(models, tmp_path),
                       progress=None)
+    with pytest.raises(DqfError, match=r"finetune\.backend\.plugin: .*'vllmm'.*did you mean 'vllm'"):
+        finetune_eval({}, heldout=heldout, host=host, options=options(models, tmp_path, backend="vllmm"),
+                      progress=None)
+    with pytest.raises(DqfError, match=r"finetune\.backend: base_url must start with http:// or https://"):
+        finetune_eval({}, heldout=heldout, host=host, options=options(
+            models, tmp_path, backend={"plugin": "openai", "base_url": "127.0.0.1:9/v1", "model": "m"}),
+            progress=None)
+
+
+def test_answers_on_a_server_backend_with_the_adapter_loaded_there_and_failures_asked_again(models, host, heldout,
+                                                                                           tmp_path):
+    """The held-out answers come from the backend (here a real HTTP server on 127.0.0.1 answering the token ids it
+    got); the adapter just trained is loaded into it from its saved folder; the loss stays in this process."""
+    from http_servers import RawServer, response
+
+    down = {"on": True}
+
+    def answer(path, headers, body):
+        req = json.loads(body)
+        if path == "/v1/load_lora_adapter":
+            return response(200, {})
+        n = len(req["prompt"])
+        if down["on"] and n == shortest:
+            return response(500, {"error": "overloaded"})
+        return response(200, {"choices": [{"text": f" {req['model']} saw {n} tokens ", "index": 0}]})
+
+    from dqf.lm import load_tokenizer, prepare_tokenizer, prompt_ids, resolve_model
+
+    tok = load_tokenizer(resolve_model(models["llama"]))
+    prepare_tokenizer(tok)
+    lengths = [len(prompt_ids(tok, i, x, "alpaca")) for i, x in zip(heldout["instruction"], heldout["input"])]
+    shortest = min(lengths)
+    here = finetune_eval({"own": heldout}, heldout=heldout, host=host, options=options(models, tmp_path / "a"),
+                         progress=None)
+    with RawServer(answer) as srv:
+        backend = {"plugin": "openai", "base_url": srv.url, "model": "base", "api_key_env": "DQF_NO_KEY",
+                   "max_retries": 0, "prompt_logprobs": False}
+        opts = options(models, tmp_path / "b", backend=backend, use_cache=True)
+        first = finetune_eval({"own": heldout}, heldout=heldout, host=host, options=opts, progress=None)
+        loads = [json.loads(b) for p, _, b in srv.requests if p == "/v1/load_lora_adapter"]
+        assert len(loads) == 1 and Path(loads[0]["lora_path"], "adapter_config.json").exists()
+        served = {json.loads(b)["model"] for p, _, b in srv.requests if p == "/v1/completions"}
+        assert served == {"base", loads[0]["lora_name"]}  # the base model, then the adapter
+        # the loss is this process's, on the same adapter: the same numbers as without a backend
+        for name in (BASE_MODEL, "own"):
+            assert first[name]["eval_loss"] == pytest.approx(here[name]["eval_loss"], rel=1e-6)
+        evals = sorted((tmp_path / "b").rglob("eval.json"))
+        assert evals == []  # an answer failed: nothing cached, so the next call asks again
+        down["on"] = False
+        asked = len(srv.requests)
+        finetune_eval({"own": heldout}, heldout=heldout, host=host, options=opts, progress=None)
+        assert len(srv.requests) > asked
+        cached = [json.loads(p.read_text()) for p in sorted((tmp_path / "b").rglob("eval.json"))]
+        assert len(cached) == 2 and all(g.endswith(f"saw {n} tokens") for c in cached
+                                        for g, n in zip(c["generated"], lengths))
