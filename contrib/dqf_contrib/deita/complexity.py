@@ -6,8 +6,10 @@ from pydantic import Field
 
 from ._base import DeitaOptions, DeitaScorer
 
+#: DEITA's complexity prompt, as its scorer models were trained on it (hkust-nlp/deita, selection/scorer): note the
+#: two spaces after the query.
 COMPLEXITY_PROMPT = ("You are a helpful assistant. Please identify the complexity score of the following user query. "
-                     "\n##Query: {instruction}\n##Complexity: ")
+                     "\n##Query: {instruction}  \n##Complexity: ")
 
 
 class DeitaComplexityOptions(DeitaOptions):
@@ -21,7 +23,7 @@ class DeitaComplexityScorer(DeitaScorer):
     """Expected complexity in [1, 6] of each user query of the row (instruction + input for an alpaca row)."""
 
     name = "deita-complexity"
-    version = "2"
+    version = "3"  # 3: the reference prompt (two spaces after the query)
     Options = DeitaComplexityOptions
     default_column = "deita_complexity"
 
