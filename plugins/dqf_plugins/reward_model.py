@@ -89,8 +89,8 @@ class RewardModelScorer(ModelScorer):
     def inference(self):
         return self.options.quantize != "int8"  # int8 replaces the Linear layers itself
 
-    def effective_max_length(self, tokenizer, model):
-        return effective_max_length(self.options.max_length, model.config, tokenizer)
+    def effective_max_length(self, tokenizer, config):
+        return effective_max_length(self.options.max_length, config, tokenizer)
 
     # -- setup ----------------------------------------------------------------------------
     def setup(self):

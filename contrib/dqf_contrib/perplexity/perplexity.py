@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field
 
 from dqf import DqfError
-from dqf.lm import CausalLMOptions, CausalLMScorer, alpaca_prompt, chat_answer, chat_prompt, encode, plain_prompt
+from dqf.lm import (CausalLMOptions, CausalLMScorer, alpaca_prompt, chat_answer, chat_prompt, encode, encode_pair,
+                    plain_prompt)
 
 
 class PerplexityOptions(CausalLMOptions):
@@ -16,19 +17,24 @@ class PerplexityOptions(CausalLMOptions):
                                       "tokenizer's chat template), plain ('{instruction}\\n{input}\\n').")
     column_prefix: str = Field(default="ppl", min_length=1,
                                description="Columns are <prefix>_nll and <prefix>.")
+    truncation: Literal["end", "prompt_start"] = Field(default="end", description=(
+        "A row longer than max_length: end (as the references' tokenizer truncation: the end of the answer "
+        "goes, the prompt stays) or prompt_start (the whole answer stays, the start of the prompt goes; dqf "
+        "before version 2)."))
 
 
 class PerplexityScorer(CausalLMScorer):
     """Mean NLL of the answer tokens given the prompt (``<prefix>_nll``) and perplexity = exp(mean NLL).
 
-    A row longer than ``max_length`` keeps its whole answer and loses the start of its prompt
-    (the end of the prompt, where the response marker is, survives); an answer longer than
-    ``max_length`` on its own keeps its first ``max_length`` tokens and no prompt. Such rows
-    are counted in ``stats()["truncated_rows"]``.
+    With the alpaca and plain templates, prompt and answer are tokenized as one string (as the
+    references do). A row longer than ``max_length`` loses the end of its answer (``truncation =
+    "end"``, the references'), or keeps its whole answer and loses the start of its prompt
+    (``"prompt_start"``; an answer longer than ``max_length`` on its own then keeps its first
+    ``max_length`` tokens and no prompt). Such rows are counted in ``stats()["truncated_rows"]``.
     """
 
     name = "perplexity"
-    version = "1"
+    version = "2"  # 2: one-string tokenization; truncation "end" by default
     Options = PerplexityOptions
 
     def columns(self):
@@ -50,7 +56,7 @@ class PerplexityScorer(CausalLMScorer):
             # the template writes its own special tokens; what follows the prompt includes the end-of-turn marker
             return encode(tok, prompt, special=False), encode(tok, output if rest is None else rest, special=False)
         text = alpaca_prompt(instruction, input_) if template == "alpaca" else plain_prompt(instruction, input_)
-        return encode(tok, text, special=True), encode(tok, output, special=False)
+        return encode_pair(tok, text, output)
 
     def score_batch(self, batch):
         import numpy as np
@@ -63,9 +69,13 @@ class PerplexityScorer(CausalLMScorer):
             prompt, answer = self.encode_row(ins or "", inp or "", out or "")
             if len(prompt) + len(answer) > limit:
                 self.count("truncated_rows")
-                answer = answer[:limit]
-                keep = limit - len(answer)
-                prompt = prompt[len(prompt) - keep:] if keep else []
+                if self.options.truncation == "end":
+                    prompt = prompt[:limit]
+                    answer = answer[:limit - len(prompt)]
+                else:
+                    answer = answer[:limit]
+                    keep = limit - len(answer)
+                    prompt = prompt[len(prompt) - keep:] if keep else []
             prompts.append(prompt)
             answers.append(answer)
         nll = self.losses(prompts, answers)

@@ -50,6 +50,31 @@ def encode(tokenizer, text: str, *, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
 
 
+def encode_pair(tokenizer, prefix: str, text: str, *, special: bool = True) -> tuple[list[int], list[int]]:
+    """``prefix + text`` tokenized as one string (as the reference IFD/perplexity code does), split where ``text``
+    begins: ``(prefix ids, text ids)``, whose concatenation is the one-string tokenization.
+
+    A token that straddles the boundary (BPE merging the prefix's last characters with the text's
+    first) belongs to the prefix, as counting the prefix's own tokens would have it. The split comes
+    from the tokenizer's character offsets; a tokenizer without them (a slow one) splits at
+    ``len(encode(prefix))``, the references' rule.
+    """
+    boundary = len(prefix)
+    try:
+        enc = tokenizer(prefix + text, add_special_tokens=special, return_offsets_mapping=True, verbose=False)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    except (NotImplementedError, TypeError, ValueError):
+        ids = encode(tokenizer, prefix + text, special=special)
+        cut = min(len(encode(tokenizer, prefix, special=special)), len(ids))  # "" gives the leading specials
+        return ids[:cut], ids[cut:]
+    cut = len(ids)
+    for i, (start, end) in enumerate(offsets):
+        if end > start and start >= boundary:
+            cut = i
+            break
+    return ids[:cut], ids[cut:]
+
+
 def _user_turn(tokenizer, instruction: str, input_: str, option: str, instead: str) -> list[dict]:
     if not getattr(tokenizer, "chat_template", None):
         raise DqfError(f"{option} = 'chat' needs a tokenizer with a chat template; this one has none "

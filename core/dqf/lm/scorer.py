@@ -43,9 +43,9 @@ class ModelScorer(ModelMixin, Scorer):
         """Whether the model is only run (see :func:`dqf.lm.load_model`); false when a subclass changes its layers."""
         return True
 
-    def effective_max_length(self, tokenizer, model) -> int:
+    def effective_max_length(self, tokenizer, config) -> int:
         """The longest sequence a row may be: ``options.max_length`` capped by the model's position table."""
-        return effective_max_length(self.options.max_length, model.config)
+        return effective_max_length(self.options.max_length, config)
 
     def loaded(self) -> None:
         """Called once after the model loaded: derive token ids, check the model, replace its layers."""
@@ -55,7 +55,7 @@ class ModelScorer(ModelMixin, Scorer):
             return
         tokenizer, model = self.load_pretrained(self.auto_class, inference=self.inference())
         self.tokenizer, self.model = tokenizer, model
-        self.max_length = self.effective_max_length(tokenizer, model)
+        self.max_length = self.effective_max_length(tokenizer, model.config)
         self._stats.update({c: 0 for c in self.counters}, max_length=self.max_length)
         try:
             self.loaded()
@@ -135,7 +135,7 @@ class CausalLMScorer(ModelScorer):
             return
         tokenizer, config = self.open_backend(remote)
         self._backend, self.tokenizer = remote, tokenizer
-        self.max_length = effective_max_length(self.options.max_length, config)
+        self.max_length = self.effective_max_length(tokenizer, config)
         self._stats.update({c: 0 for c in self.counters}, max_length=self.max_length, backend=remote.name)
         self.loaded()
 

@@ -73,20 +73,26 @@ def test_plain_and_chat_templates(llama, example_pool):
     assert not np.allclose(chat["ppl_nll"].to_numpy(), plain["p_nll"].to_numpy())
 
 
-def test_too_long_rows_lose_the_start_of_the_prompt(llama, example_pool):
+@pytest.mark.parametrize("truncation,limit", [("end", 60), ("prompt_start", 40)])
+def test_too_long_rows_lose_the_end_of_the_answer_or_the_start_of_the_prompt(llama, example_pool, truncation, limit):
+    """`end` (the default) is the references' tokenizer truncation; `prompt_start` keeps the whole answer."""
     path, model, tok = llama
     rows = pool_rows(example_pool, n=6)
-    s = scorer(path, max_length=40)
+    s = scorer(path, max_length=limit, **({} if truncation == "end" else {"truncation": truncation}))
     out = s.score(frame(rows))
     want, cut = [], 0
     for r in rows:
         p, a = tok(alpaca(r))["input_ids"], tok(r["output"], add_special_tokens=False)["input_ids"]
-        if len(p) + len(a) > 40:
+        if len(p) + len(a) > limit:
             cut += 1
-            a = a[:40]
-            p = p[len(p) - (40 - len(a)):] if len(a) < 40 else []
-        want.append(reference_nll(model, p, a))
-    assert cut > 0 and s.stats()["truncated_rows"] == cut
+            if truncation == "end":
+                whole = (p + a)[:limit]
+                p, a = whole[:min(len(p), limit)], whole[min(len(p), limit):]
+            else:
+                a = a[:limit]
+                p = p[len(p) - (limit - len(a)):] if len(a) < limit else []
+        want.append(reference_nll(model, p, a) if a else math.nan)
+    assert cut > 0 and s.stats()["truncated_rows"] == cut and not all(math.isnan(w) for w in want)
     np.testing.assert_allclose(out["ppl_nll"].to_numpy(), want, atol=1e-4, rtol=0)
 
 
