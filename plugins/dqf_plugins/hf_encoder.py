@@ -1,4 +1,5 @@
-"""`hf-encoder` embedder: CLS or mean-pooled last hidden states of any Hugging Face encoder (MoDS uses BERT's CLS)."""
+"""`hf-encoder` embedder: CLS, mean or last-token pooled last hidden states of any Hugging Face model — an encoder (MoDS
+uses BERT's CLS) or a causal LM (DEITA embeds the last token of a vicuna-rendered conversation)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from dqf import BASE_COLUMNS, Embedder, PluginOptions
-from dqf.lm import ModelMixin, collate, effective_max_length, forward_mode, length_batches
+from dqf.lm import ModelMixin, collate, effective_max_length, forward_mode, length_batches, question, vicuna_conversation
 
 # The embedding cache hands embed() this many batches' worth of texts per call, so sorting a
 # call's texts by length groups similar lengths and dynamic padding wastes little compute.
@@ -18,9 +19,14 @@ class HfEncoderOptions(PluginOptions):
     model: str = Field(default="bert-base-uncased",
                        description="Model folder, pkg:NAME (a model shipped in a Python package) or hub id; "
                                    "loaded with transformers.AutoModel. MoDS uses bert-base-uncased.")
-    pooling: Literal["cls", "mean"] = Field(
+    pooling: Literal["cls", "mean", "last"] = Field(
         default="cls", description="cls: the first token's last hidden state (as MoDS); mean: the average over "
-                                   "non-padding tokens (as sentence-transformers models expect).")
+                                   "non-padding tokens (as sentence-transformers models expect); last: the last "
+                                   "non-padding token's (a causal LM's summary of the text, as DEITA embeds).")
+    template: Literal["none", "vicuna"] = Field(
+        default="none", description="none: embed `field` as it is; vicuna: the row as DEITA embeds it, its "
+                                    "exchange rendered with FastChat's vicuna_v1.1 template (system prompt, "
+                                    "'USER: q ASSISTANT: a</s>'); `field` is not used then.")
     max_length: int = Field(default=96, gt=0, description="Tokens per text, longer texts are truncated (MoDS: 96).")
     field: str = Field(default="instruction",
                        description="Text to embed: instruction, prompt (instruction + input), output, both, "
@@ -56,7 +62,15 @@ class HfEncoderEmbedder(ModelMixin, Embedder):
         # The device is left out so CPU and GPU runs share cached vectors; the precision is not.
         return {"model": self.model_ref().identity, "dtype": self.model_identity()["dtype"]}
 
+    def texts(self, rows):
+        if self.options.template == "vicuna":
+            return [vicuna_conversation([(question(i or "", x or ""), o or "")])
+                    for i, x, o in zip(rows["instruction"], rows["input"], rows["output"])]
+        return super().texts(rows)
+
     def requires(self):
+        if self.options.template != "none":
+            return set()
         field = self.options.field
         return set() if field in BASE_COLUMNS or field in ("prompt", "both") else {field}
 
@@ -94,6 +108,9 @@ class HfEncoderEmbedder(ModelMixin, Embedder):
                 h = self.model(**inputs).last_hidden_state.float()
                 if self.options.pooling == "cls":
                     vec = h[:, 0]
+                elif self.options.pooling == "last":  # right padding: the last real token sits at length - 1
+                    last = inputs["attention_mask"].sum(dim=1) - 1
+                    vec = h[torch.arange(h.shape[0], device=h.device), last]
                 else:  # masked mean, so a text's vector does not depend on how much padding its batch has
                     m = inputs["attention_mask"].unsqueeze(-1).to(h.dtype)
                     vec = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)

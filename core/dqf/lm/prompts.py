@@ -24,6 +24,21 @@ def question(instruction: str, input_: str) -> str:
     return f"{instruction}{QUESTION_SEPARATOR}{input_}" if input_ else instruction
 
 
+#: FastChat's vicuna_v1.1 conversation template, which DEITA renders a conversation with before embedding it
+#: (deita/selection/embedder: conv_template "vicuna_v1.1"): the system prompt, then "USER: q ASSISTANT: a</s>" turns.
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+                 "detailed, and polite answers to the user's questions.")
+
+
+def vicuna_conversation(turns) -> str:
+    """``turns`` (``(user, assistant)`` pairs) as FastChat's vicuna_v1.1 template writes them (separator style
+    ADD_COLON_TWO: a space after each user message, ``</s>`` after each assistant message)."""
+    out = VICUNA_SYSTEM + " "
+    for user, assistant in turns:
+        out += f"USER: {user} " + (f"ASSISTANT: {assistant}</s>" if assistant else "ASSISTANT:")
+    return out
+
+
 def question_expr():
     """:func:`question` as a polars expression over the ``instruction`` and ``input`` columns."""
     import polars as pl

@@ -76,3 +76,23 @@ def test_validation_errors(write_jsonl, write_recipe):
     assert "steps[1].select.tau" in _errors(write_recipe, recipe("k = 2, tau = 3"))
     assert "steps[1].select" in _errors(write_recipe, recipe("k = 2").replace('score_column = "output_words", ', ""))
     assert "steps[1].select.embedder.plugin" in _errors(write_recipe, recipe('k = 2, embedder = { plugin = "x" }'))
+
+
+def test_tau_quantile_is_the_quantile_of_pair_cosines(write_jsonl, write_recipe, isolated_cache):
+    """tau_quantile: the threshold is read off the pool's own pair cosines, so it binds with any embedder."""
+    from dqf_contrib.deita_repr.deita_repr import pair_cosine_quantile
+
+    rows = [json.loads(line) for line in POOL.read_text(encoding="utf-8").splitlines()[:60]]
+    write_jsonl(rows)
+    info = dqf.registry.build_plugin_manager().get("embedder", "hf-encoder")
+    emb = info.cls(info.cls.Options(**default_embedder().plugin_options()))
+    X = Store(isolated_cache).embeddings.embed(emb, [r["instruction"] for r in rows]).astype(np.float64)
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    tau = float(np.quantile((U @ U.T)[np.triu_indices(len(X), 1)], 0.5))
+    assert pair_cosine_quantile(X, 0.5, seed=0) == pytest.approx(tau)
+    res = dqf.run(write_recipe(recipe("k = 25, tau_quantile = 0.5")))
+    words = [float(w) for w in res.rows["output_words"].to_list()]
+    expected = naive_deita(X, words, tau, 25)
+    assert sorted(res.selected["instruction"].to_list()) == sorted(rows[i]["instruction"] for i in expected)
+    assert res.manifest["steps"][1]["stats"]["tau"] == pytest.approx(tau, abs=1e-6)
+    assert "set tau or tau_quantile, not both" in _errors(write_recipe, recipe("k = 2, tau = 0.9, tau_quantile = 0.5"))
