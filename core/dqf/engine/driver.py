@@ -149,6 +149,7 @@ class Engine:
                 # A null predicate (e.g. a probe that did not score the row) is a different story from a
                 # false one, so the row's reason says so.
                 null_idx = sub.filter(raw_mask.is_null())["_idx"]
+            where_kept = kept
             if isinstance(step.plugin, Selector):
                 dropped_where = sub.filter(~pl.col("_idx").is_in(kept["_idx"].implode()))
                 picked = self._run_selector(step, kept, table, results)
@@ -160,6 +161,8 @@ class Engine:
                 status[step.id] = _status_column(n, sub["_idx"], kept["_idx"], reason or "")
             if null_idx is not None and null_idx.len():
                 status[step.id] = status[step.id].scatter(null_idx, f"where: {step.where} (null)")
+            if reason is not None:
+                status[step.id] = self._own_reasons(step.where, sub, where_kept, status[step.id])
             results[step.id] = kept["_idx"].sort()
             step_reports.append({
                 "id": step.id, "kind": step.kind, "plugin": step.plugin.name, "from": step.source,
@@ -295,6 +298,21 @@ class Engine:
         if pos.size and (pos.min() < 0 or pos.max() >= rows.height):
             raise DqfError(f"selector {step.plugin.name!r} returned a position outside 0..{rows.height - 1}")
         return np.unique(pos)
+
+    @staticmethod
+    def _own_reasons(where: str, sub, kept, col):
+        """``where = "<name>_ok"`` over a scorer that explains itself in ``<name>_reason`` (e.g. ``heuristic_ok`` /
+        ``heuristic_reason``): each dropped row's reason names the check that failed, with its value."""
+        import polars as pl
+
+        name = where.strip()
+        reason_col = name[:-3] + "_reason" if name.endswith("_ok") and name.isidentifier() else None
+        if reason_col is None or reason_col not in sub.columns:
+            return col
+        dropped = sub.filter(~pl.col("_idx").is_in(kept["_idx"].implode()) & pl.col(reason_col).is_not_null())
+        if not dropped.height:
+            return col
+        return col.scatter(dropped["_idx"], ("where: " + name + " (" + dropped[reason_col] + ")"))
 
     @staticmethod
     def _status(n, sub, kept, dropped_where, where_reason, sel_reason):

@@ -59,7 +59,13 @@ def test_good_row(Heuristic):
         "output_refusal": False,
         "output_copies_instruction": False,
         "garbled_ratio": 0.0,
+        "output_letter_share": pytest.approx(40 / 42),
+        "output_symbol_share": 0.0,
+        "output_junk": False,
+        "output_truncated": False,
+        "output_boilerplate": False,
         "heuristic_ok": True,
+        "heuristic_reason": None,
     }
 
 
@@ -269,5 +275,48 @@ def test_scores_reach_rows_parquet(tmp_path, write_jsonl, write_recipe):
     assert rows["heuristic_ok"].to_list() == [True, False, False]
     assert rows["output_refusal"].to_list() == [False, True, False]
     assert rows["selected"].to_list() == [True, False, False]
-    assert set(rows["reason"].drop_nulls()) == {"where: heuristic_ok"}
+    # each dropped row says which check failed, with its value
+    assert sorted(rows["reason"].drop_nulls()) == [
+        "where: heuristic_ok (heuristic: output_empty)",
+        "where: heuristic_ok (heuristic: output_refusal ('i'm sorry, but i cannot'))"]
     assert res.manifest["steps"][0]["cache"] == {"hits": 0, "computed": 3}
+
+
+
+@pytest.mark.parametrize("instruction,output,reason", [
+    ("Give a code.", "#$%&*+=<>[]{}|~^_ 3#4$5%6&7*8+9=0", "heuristic: output_letter_share 0.0 < 0.2 (symbol share 0.75 > 0.25)"),
+    ("Encode.", "SGVsbG8gd29ybGQsIHRoaXMgaXMgYSBiYXNlNjQgYmxvYiB0aGF0IGdvZXMgb24gYW5kIG9uIGFuZCBvbg==",
+     "heuristic: output_blob_share 1.0 > 0.5"),
+    ("Say it.", "It donâ€™t matter, the cafÃ© is closed.", "heuristic: output_mojibake 2 sequences >= 2"),
+    ("Describe rain.", "Lorem ipsum dolor sit amet, consectetur.", "heuristic: output_boilerplate ('lorem ipsum')"),
+    ("Describe rain.", "This website uses cookies. Rain is water.", "heuristic: output_boilerplate ('this website uses cookies')"),
+    ("Describe rain.", "<div class='x'>Rain is water falling.</div>", "heuristic: output_boilerplate (raw HTML, not asked for)"),
+    ("Describe rain.", "Home | About | Contact | Blog\nRain is water.", "heuristic: output_boilerplate (a navigation bar)"),
+    ("Write code.", "```python\nprint(1)\n", "heuristic: output_truncated (unclosed code fence)"),
+    ("Name a fruit.", "The best fruit is the", "heuristic: output_truncated (ends on 'the', no closing punctuation)"),
+    ("Explain why the sky is blue.", "The sky is blue because sunlight",
+     "heuristic: output_truncated (6 words, no closing punctuation, prose asked for)"),
+])
+def test_junk_boilerplate_and_truncation_fail_with_their_reason(Heuristic, instruction, output, reason):
+    r = one(Heuristic, instruction, output)
+    assert r["heuristic_ok"] is False and r["heuristic_reason"] == reason
+
+
+@pytest.mark.parametrize("instruction,output", [
+    ("Sort the numbers 6, 88, 4.", "4, 6, 88"),                       # numbers: few letters, few symbols
+    ("Solve for y.", "When x=-1, y=-2(-1)+3=1."),                      # maths
+    ("Write an HTML page.", "<html><body><p>Hi</p></body></html>"),   # HTML that was asked for
+    ("Name a book.", "The Lord of the Rings"),                         # a title: no punctuation, ends on a noun
+    ("List three colours.", "Red, green, blue"),
+    ("Find articles on AI.", "https://www.example.com/2021/04/12/the-artificial-intelligence-trends-for-2021/?sh=508"),
+    ("Explain gravity.", "Gravity pulls masses together."),
+])
+def test_clean_answers_that_look_odd_pass(Heuristic, instruction, output):
+    r = one(Heuristic, instruction, output)
+    assert r["heuristic_ok"] is True and r["heuristic_reason"] is None, r["heuristic_reason"]
+
+
+def test_the_new_checks_are_options(Heuristic):
+    assert one(Heuristic, "Name a fruit.", "The best fruit is the", truncation=False)["heuristic_ok"] is True
+    assert one(Heuristic, "Describe rain.", "Lorem ipsum dolor sit amet.", boilerplate=False)["heuristic_ok"] is True
+    assert one(Heuristic, "Give.", "#$%&*+=<>[]{} 1234", min_letter_share=0.0)["heuristic_ok"] is True
