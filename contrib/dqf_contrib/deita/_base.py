@@ -6,7 +6,7 @@ from pydantic import Field
 
 from dqf import DqfError
 
-from dqf.lm import CausalLMOptions, CausalLMScorer, question, single_token_ids
+from dqf.lm import CausalLMOptions, CausalLMScorer, question, single_token_ids, turn_pairs
 
 SCORE_TOKENS = ("1", "2", "3", "4", "5", "6")
 
@@ -14,26 +14,6 @@ SCORE_TOKENS = ("1", "2", "3", "4", "5", "6")
 def score_token_ids(tokenizer) -> list[int]:
     """The ids of "1".."6" as tokens of their own (DEITA reads Llama's ids 29896, 29906, ...)."""
     return single_token_ids(tokenizer, SCORE_TOKENS)
-
-
-def turn_pairs(turns) -> list[tuple[str, str]]:
-    """``(query, response)`` for each user turn of a conversation (a list of ``{role, content}``).
-
-    The response is the first assistant turn after the query and before the next user turn, or
-    ``""`` when there is none (as DEITA scores a conversation's last, unanswered query). System and
-    tool turns are skipped; no turn sees the turns before it (DEITA scores each pair on its own).
-    """
-    pairs: list[tuple[str, str]] = []
-    answered = True
-    for t in turns:
-        role, content = t["role"], t["content"] or ""
-        if role == "user":
-            pairs.append((content, ""))
-            answered = False
-        elif role == "assistant" and not answered:
-            pairs[-1] = (pairs[-1][0], content)
-            answered = True
-    return pairs
 
 
 class DeitaOptions(CausalLMOptions):

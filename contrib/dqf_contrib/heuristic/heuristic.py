@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from dqf import PluginOptions, Scorer
+from dqf.lm import turn_pairs
 
 #: Phrases that mark a refusal or an AI self-disclaimer, matched case-insensitively.
 REFUSAL_PHRASES = (
@@ -116,9 +117,51 @@ class HeuristicScorer(Scorer):
             "output_boilerplate": pl.Boolean,
             "heuristic_ok": pl.Boolean,
             "heuristic_reason": pl.String,
+            "heuristic_failed_turn": pl.Int32,
         }
 
+    def requires(self):
+        return {"turns"}  # every exchange of a multi-turn row is checked
+
     def score(self, batch):
+        """The statistics of each row's first exchange (the canonical view); ``heuristic_ok`` and
+        ``heuristic_reason`` cover every exchange: a row fails at its first failing exchange
+        (``heuristic_failed_turn``, 1-based), whose reason is prefixed ``turn N:`` after the first."""
+        import polars as pl
+
+        first = self._exchanges(batch)
+        failed_turn = pl.when(first["heuristic_ok"]).then(None).otherwise(1).cast(pl.Int32)
+        out = first.with_columns(failed_turn.alias("heuristic_failed_turn"))
+        if "turns" not in batch.columns or not len(batch):
+            return out
+        # the later exchanges of multi-turn rows, as rows of their own
+        pos, turn_no, users, answers = [], [], [], []
+        for i, turns in enumerate(batch["turns"].to_list()):
+            for k, (user, answer) in enumerate(turn_pairs(turns or [])[1:], start=2):
+                if answer:  # an unanswered last question is not an answer to judge
+                    pos.append(i), turn_no.append(k), users.append(user), answers.append(answer)
+        if not pos:
+            return out
+        later = self._exchanges(pl.DataFrame({"instruction": users, "input": [""] * len(users), "output": answers},
+                                             schema={"instruction": pl.String, "input": pl.String,
+                                                     "output": pl.String}))
+        bad = (pl.DataFrame({"_pos": pos, "_turn": turn_no}, schema={"_pos": pl.Int64, "_turn": pl.Int32})
+               .with_columns(later.select("heuristic_reason")).filter(pl.col("heuristic_reason").is_not_null())
+               .group_by("_pos").agg(pl.all().sort_by("_turn").first()))
+        if not bad.height:
+            return out
+        joined = (out.with_row_index("_pos").with_columns(pl.col("_pos").cast(pl.Int64))
+                  .join(bad, on="_pos", how="left", suffix="_later"))
+        use_later = pl.col("heuristic_ok") & pl.col("_turn").is_not_null()
+        return joined.with_columns(
+            pl.when(use_later).then(pl.format("turn {}: {}", pl.col("_turn"), pl.col("heuristic_reason_later")))
+            .otherwise(pl.col("heuristic_reason")).alias("heuristic_reason"),
+            pl.when(use_later).then(pl.col("_turn")).otherwise(pl.col("heuristic_failed_turn"))
+            .alias("heuristic_failed_turn"),
+        ).with_columns(pl.col("heuristic_reason").is_null().alias("heuristic_ok")).select(list(self.columns()))
+
+    def _exchanges(self, batch):
+        """The statistics of ``batch`` read as one exchange per row (instruction, input, output)."""
         import polars as pl
 
         o = self.options
@@ -218,5 +261,5 @@ class HeuristicScorer(Scorer):
             .otherwise(None).alias("heuristic_reason"),
         ).with_columns(
             pl.col("heuristic_reason").is_null().alias("heuristic_ok"),
-        ).select(list(self.columns()))
+        ).select([c for c in self.columns() if c != "heuristic_failed_turn"])
         return out.collect()

@@ -20,7 +20,7 @@ from dqf.lm.models import (ModelMixin, ModelRef, effective_max_length, files_ide
 from dqf.lm.next_token import answer_token_ids, fit_prompt, next_token_logprobs, single_token_ids
 from dqf.lm.onednn import onednn_linears
 from dqf.lm.prompts import (ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, alpaca_prompt, chat_answer, chat_prompt, encode,
-                            encode_pair, plain_prompt, question, vicuna_conversation)
+                            encode_pair, plain_prompt, question, turn_pairs, vicuna_conversation)
 from dqf.lm.quantize import quantize_int8
 from dqf.lm.scorer import CausalLMOptions, CausalLMScorer, ModelScorer
 
@@ -34,7 +34,7 @@ __all__ = [
     # scorers over a model
     "ModelScorer", "CausalLMScorer", "CausalLMOptions",
     # prompts
-    "question", "alpaca_prompt", "plain_prompt", "chat_prompt", "chat_answer", "encode", "encode_pair", "vicuna_conversation",
+    "question", "alpaca_prompt", "plain_prompt", "chat_prompt", "chat_answer", "encode", "encode_pair", "vicuna_conversation", "turn_pairs",
     "ALPACA_PROMPT_INPUT", "ALPACA_PROMPT_NO_INPUT",
     # batching, losses, next-token probabilities
     "length_batches", "collate", "pad_token_id", "MAX_PADDING", "forward_mode", "answer_losses",

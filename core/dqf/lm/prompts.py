@@ -39,6 +39,26 @@ def vicuna_conversation(turns) -> str:
     return out
 
 
+def turn_pairs(turns) -> list[tuple[str, str]]:
+    """``(query, response)`` for each user turn of a conversation (a list of ``{role, content}``).
+
+    The response is the first assistant turn after the query and before the next user turn, or
+    ``""`` when there is none (as DEITA scores a conversation's last, unanswered query). System and
+    tool turns are skipped; no turn sees the turns before it (DEITA scores each pair on its own).
+    """
+    pairs: list[tuple[str, str]] = []
+    answered = True
+    for t in turns:
+        role, content = t["role"], t["content"] or ""
+        if role == "user":
+            pairs.append((content, ""))
+            answered = False
+        elif role == "assistant" and not answered:
+            pairs[-1] = (pairs[-1][0], content)
+            answered = True
+    return pairs
+
+
 def question_expr():
     """:func:`question` as a polars expression over the ``instruction`` and ``input`` columns."""
     import polars as pl

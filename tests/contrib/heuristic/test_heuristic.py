@@ -66,6 +66,7 @@ def test_good_row(Heuristic):
         "output_boilerplate": False,
         "heuristic_ok": True,
         "heuristic_reason": None,
+        "heuristic_failed_turn": None,
     }
 
 
@@ -320,3 +321,28 @@ def test_the_new_checks_are_options(Heuristic):
     assert one(Heuristic, "Name a fruit.", "The best fruit is the", truncation=False)["heuristic_ok"] is True
     assert one(Heuristic, "Describe rain.", "Lorem ipsum dolor sit amet.", boilerplate=False)["heuristic_ok"] is True
     assert one(Heuristic, "Give.", "#$%&*+=<>[]{} 1234", min_letter_share=0.0)["heuristic_ok"] is True
+
+
+
+def test_every_turn_of_a_conversation_is_checked(tmp_path, write_jsonl, write_recipe):
+    """A refusal or a repetition in turn 2 fails the row; the reason names the turn; turn 1 stays the columns' view."""
+    def chat(*pairs):
+        return {"conversations": [m for q, a in pairs for m in ({"from": "human", "value": q},
+                                                                   {"from": "gpt", "value": a})]}
+
+    write_jsonl([
+        chat((GOOD_INSTRUCTION, GOOD_OUTPUT), ("And secondary ones?", "Green, orange and purple.")),
+        chat((GOOD_INSTRUCTION, GOOD_OUTPUT), ("Why?", "I'm sorry, but I cannot explain that.")),
+        chat((GOOD_INSTRUCTION, GOOD_OUTPUT), ("More.", "more more more " * 10), ("Ok.", "As an AI language model, no.")),
+        chat(("Tell me.", "I'm sorry, but I cannot do that."), ("Please?", "Fine: red is a colour.")),
+    ])
+    res = dqf.run(write_recipe('name = "mt"\n[input]\npath = "pool.jsonl"\n[output]\ndir = "out"\n[[steps]]\n'
+                               'id = "h"\nscore = { plugin = "heuristic" }\nwhere = "heuristic_ok"\n'))
+    rows = res.rows
+    assert rows["heuristic_ok"].to_list() == [True, False, False, False]
+    assert rows["heuristic_failed_turn"].to_list() == [None, 2, 2, 1]
+    assert rows["heuristic_reason"].to_list() == [
+        None, "turn 2: heuristic: output_refusal ('i'm sorry, but i cannot')",
+        "turn 2: heuristic: output_repetition 0.96 > 0.5", "heuristic: output_refusal ('i'm sorry, but i cannot')"]
+    assert rows["output_refusal"].to_list() == [False, False, False, True]  # the first exchange's statistics
+    assert rows["reason"][1] == "where: heuristic_ok (turn 2: heuristic: output_refusal ('i'm sorry, but i cannot'))"
