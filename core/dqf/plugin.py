@@ -214,6 +214,10 @@ class Scorer(Plugin):
     kind: ClassVar[str] = "scorer"
     #: Rows per call to :meth:`score` unless the recipe step sets ``batch_size``.
     batch_size: ClassVar[int] = 1024
+    #: Derived columns (:data:`DERIVED_COLUMNS`, e.g. ``turns``) the scorer uses when a batch has them and does
+    #: without otherwise (a judge scoring one generated answer): the engine adds them to a step's batches, but
+    #: they are not a requirement, so the scorer still fits where they cannot exist.
+    optional_columns: ClassVar[frozenset[str]] = frozenset()
 
     def columns(self) -> dict[str, "pl.DataType"]:
         """Names and polars dtypes of the columns :meth:`score` returns."""

@@ -120,8 +120,9 @@ class HeuristicScorer(Scorer):
             "heuristic_failed_turn": pl.Int32,
         }
 
-    def requires(self):
-        return {"turns"}  # every exchange of a multi-turn row is checked
+    # every exchange of a multi-turn row is checked when the engine hands over the turns; a judge's frame (one
+    # generated answer) has none, and is one exchange
+    optional_columns = frozenset({"turns"})
 
     def score(self, batch):
         """The statistics of each row's first exchange (the canonical view); ``heuristic_ok`` and

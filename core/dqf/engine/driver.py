@@ -228,8 +228,9 @@ class Engine:
         failed = 0
         if todo.height:
             bs = batch_size or scorer.batch_size
-            view = ["id", *[c for c in BASE_COLUMNS if c != "id"], *sorted(scorer.requires())]
-            derived = sorted(set(scorer.requires()) & set(DERIVED_COLUMNS))
+            optional = set(scorer.optional_columns) & set(DERIVED_COLUMNS)  # handed over when it can be derived
+            view = ["id", *[c for c in BASE_COLUMNS if c != "id"], *sorted(set(scorer.requires()) | optional)]
+            derived = sorted((set(scorer.requires()) | optional) & set(DERIVED_COLUMNS))
             if derived and "_raw" not in todo.columns:  # rows from a selector's context.score(): look records up
                 todo = todo.join(self._raws, on="id", how="left", maintain_order="left")
             derive = (lambda frame: frame.with_columns(self._derived(derived, frame["_raw"]))) if derived else None
