@@ -149,3 +149,26 @@ def test_llm_judge_expected_mode_needs_token_probabilities_at_validation(tmp_pat
     with pytest.raises(RecipeError, match=r"steps\[0\]\.score: llm-judge: backend 'openai' cannot do next_token "
                                           r"\(it can: generate\); use mode = 'generate'"):
         dqf.validate(path)
+
+
+def test_answers_from_one_backend_are_never_reused_for_another(tmp_path, monkeypatch, tiny_models):
+    """The cache key names the engine that made an answer: another server, another served model or the in-process
+    transformers backend asks again for every row, while the same server reuses every row."""
+    monkeypatch.setenv("DQF_TEST_KEY", "sk-test")
+    rows = [{"instruction": f"say {i}", "input": "", "output": "a b c"} for i in range(3)]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def stats(recipe, n):
+        (tmp_path / f"r{n}.toml").write_text(recipe.replace("out{n}", f"out{n}"))
+        return dqf.run(tmp_path / f"r{n}.toml").manifest["steps"][0]["stats"]
+
+    with RawServer(completions(set(), fail_always=False)) as a, RawServer(completions(set(), False)) as b:
+        base = RECIPE.format(n="{n}", model=tiny_models["llama"], url=a.url, beams=1)
+        assert stats(base, 1)["generated_rows"] == 3 and len(a.requests) == 3
+        assert stats(base, 2)["generation_cached_rows"] == 3 and len(a.requests) == 3  # same server: all reused
+        assert stats(base.replace(a.url, b.url), 3)["generation_cached_rows"] == 0 and len(b.requests) == 3
+        assert stats(base.replace('model = "m"', 'model = "m2"'), 4)["generation_cached_rows"] == 0
+        assert len(a.requests) == 6
+    local = base.replace(base[base.index("backend = {"):].splitlines()[0], 'backend = { plugin = "transformers" }')
+    st = stats(local, 5)
+    assert st["backend"] == "transformers" and st["generation_cached_rows"] == 0 and st["generated_rows"] == 3
