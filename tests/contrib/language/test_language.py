@@ -73,3 +73,23 @@ def test_a_recipe_drops_the_other_language_rows_with_their_reason(tmp_path, writ
 def test_min_score_is_checked():
     with pytest.raises(dqf.RecipeError, match="min_score"):
         build_plugin("scorer", "language", min_score=2)
+
+
+def test_an_instruction_naming_a_language_and_unsure_latin_script_guesses_are_not_mismatches():
+    # each from the first 2,000 Alpaca rows, all dropped by version 1 of these rules
+    scorer = build_plugin("scorer", "language")
+    out = scorer.score(frame([
+        ("Generate a sentence in Spanish that describes the natural beauty of Barcelona.",
+         "La naturaleza en Barcelona es espectacular, con su costa y su antiguo barrio gótico."),
+        ("Name 3 different animals that are active during the night.", "Owl, raccoon, bat."),  # read as Latin, 0.51
+        ("Generate a list of steps to set up a Google account.",  # the instruction read as Latin, 0.57
+         "Steps to Set Up a Google Account:\n1. Go to www.google.com in your web browser and click on Sign In."),
+        # a language named as a topic is no exemption, and another script needs only min_score
+        ("Compare and contrast the classical Greek and Roman architecture.",
+         "古希腊建筑以柱式为核心，而古罗马建筑则广泛使用拱券和混凝土。"),
+        ("Give me an example of a low-calorie breakfast.",
+         "为即将到来的#HBSymposium 感到兴奋！加入我们，就#Innovation 和#Technology 进行讨论。"),
+    ]))
+    assert out["output_language"].to_list()[:3] == ["es", "la", "en"]
+    assert out["language_ok"].to_list() == [True, True, True, False, False]
+    assert out["language_reason"][4].startswith("language: output zh (")
