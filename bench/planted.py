@@ -157,6 +157,14 @@ def model_checks(df: pl.DataFrame, base: pl.DataFrame, sample_clean: int) -> Non
     kinds = sample["kind"]
     rates = [(~ok.filter(kinds == k)).mean() for k in (*KINDS, "clean")]
     print(f"{'all checks':<12}{sample.height:>7}{'':>9}  " + " ".join(f"{r:>8.1%}" for r in rates))
+    # the clean rows all checks drop: those the release itself left without an answer, and the rest
+    reasons = base["heuristic_reason"].gather(idx).fill_null("")
+    dropped = ~ok & (kinds == "clean")
+    defects = dropped & reasons.str.contains("output_empty|output_placeholder")
+    n_clean = (kinds == "clean").sum()
+    print(f"clean rows dropped by all checks: {dropped.sum()} of {n_clean} ({dropped.sum() / n_clean:.2%}): "
+          f"{defects.sum()} empty or placeholder answers in the release, {dropped.sum() - defects.sum()} others "
+          f"({(dropped.sum() - defects.sum()) / n_clean:.2%})")
 
 
 def main() -> None:
@@ -165,7 +173,7 @@ def main() -> None:
     ap.add_argument("--per-kind", type=int, default=30)
     ap.add_argument("--no-full", action="store_true", help="skip the whole-pool drop rates (52k Alpaca, Dolly)")
     ap.add_argument("--models", action="store_true", help="also the checks that need a model (see above)")
-    ap.add_argument("--model-clean", type=int, default=300, help="clean rows answer-end runs on")
+    ap.add_argument("--model-clean", type=int, default=2000, help="clean rows answer-end runs on")
     args = ap.parse_args()
     pool = alpaca()
     rows = pool[:args.clean] + planted(pool[10_000:], args.per_kind)

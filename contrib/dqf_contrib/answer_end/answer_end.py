@@ -22,9 +22,9 @@ class AnswerEndOptions(CausalLMOptions):
     template: Literal["chat", "alpaca"] = Field(default="chat", description=(
         "chat: the tokenizer's chat template, the end is its end-of-turn token (and eos); alpaca: the Stanford "
         "Alpaca prompt, the end is eos."))
-    min_end_logprob: float = Field(default=-10.0, le=0, description=(
-        "end_ok is false below this log-probability of ending right after the answer (calibrated on Alpaca with "
-        "SmolLM2-135M-Instruct: docs/contrib/answer-end.md)."))
+    min_end_logprob: float = Field(default=-14.0, le=0, description=(
+        "end_ok is false below this log-probability of ending right after the answer (calibrated on 2,000 Alpaca "
+        "rows and 300 truncations with SmolLM2-135M-Instruct: 92% caught, 0.55% flagged; docs/contrib/answer-end.md)."))
 
 
 class AnswerEndScorer(CausalLMScorer):

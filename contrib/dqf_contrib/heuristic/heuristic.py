@@ -39,6 +39,9 @@ _SYMBOLS = r"[#$%&*+=<>\[\]{}|~^_\\@`]"
 _BLOB = r"[A-Za-z0-9+/]{50,}={0,2}"
 # UTF-8 read as Latin-1 / Windows-1252: "donâ€™t", "cafÃ©".
 _MOJIBAKE = r"â€|Ã[\x{80}-\x{bf}]|Â[\x{a0}-\x{bf}]"
+#: A placeholder where the answer should be (Alpaca's generator wrote them for tasks it could not do: "<nooutput>",
+#: "<noinput>", "No output required"): a marker at the start of the output, or the whole output.
+PLACEHOLDER = r"^\s*(?:<\s*no[ _-]?(?:output|input|answer)\s*>|(?:no output(?: (?:required|needed|possible))?)\W*$)"
 #: Web and template boilerplate that never answers an instruction.
 BOILERPLATE = (r"lorem ipsum|dolor sit amet|(?:this|our) (?:web)?site uses cookies|accept (?:all )?cookies|"
                r"cookie (?:policy|settings|preferences)|(?:please )?enable javascript|javascript is (?:disabled|required)|"
@@ -92,7 +95,7 @@ class HeuristicScorer(Scorer):
     """Text statistics with no model: lengths, diversity, repetition, refusals, copying, garbling, and a heuristic_ok flag."""
 
     name = "heuristic"
-    version = "2"  # 2: junk, truncation, boilerplate and heuristic_reason
+    version = "3"  # 2: junk, truncation, boilerplate and heuristic_reason; 3: placeholders
     Options = HeuristicOptions
     batch_size = 8192
 
@@ -109,6 +112,7 @@ class HeuristicScorer(Scorer):
             "output_empty": pl.Boolean,
             "output_refusal": pl.Boolean,
             "output_copies_instruction": pl.Boolean,
+            "output_placeholder": pl.Boolean,
             "garbled_ratio": pl.Float64,
             "output_letter_share": pl.Float64,
             "output_symbol_share": pl.Float64,
@@ -218,6 +222,7 @@ class HeuristicScorer(Scorer):
                 (instr_norm.str.len_chars() >= o.min_copy_chars)
                 & low_output.str.contains(instr_norm, literal=True)
             ).alias("output_copies_instruction"),
+            low_output.str.extract(f"({PLACEHOLDER})").str.strip_chars().alias("_placeholder"),
             (text.str.count_matches(_GARBLED) / text.str.len_chars().clip(lower_bound=1)).alias("garbled_ratio"),
             pl.when(nonspace > 0).then(letter_share).otherwise(None).alias("output_letter_share"),
             pl.when(nonspace > 0).then(symbol_share).otherwise(None).alias("output_symbol_share"),
@@ -228,6 +233,7 @@ class HeuristicScorer(Scorer):
         c = pl.col
         out = out.with_columns(
             c("_refusal").is_not_null().alias("output_refusal"),
+            c("_placeholder").is_not_null().alias("output_placeholder"),
             (c("_symbols") | (c("_blob") > o.max_blob_share) | (c("_mojibake") >= o.min_mojibake)).alias("output_junk"),
             (pl.lit(o.truncation) & (c("_fence") | c("_function_word") | c("_prose"))).alias("output_truncated"),
             (pl.lit(o.boilerplate) & (c("_boiler").is_not_null() | c("_html") | c("_nav"))).alias("output_boilerplate"),
@@ -237,6 +243,8 @@ class HeuristicScorer(Scorer):
             .then(pl.format("heuristic: output_words {} < {}", c("output_words"), pl.lit(o.min_output_words)))
             .when(c("_refusal").is_not_null()).then(pl.format("heuristic: output_refusal ('{}')", c("_refusal")))
             .when(c("output_copies_instruction")).then(pl.lit("heuristic: output_copies_instruction"))
+            .when(c("_placeholder").is_not_null())
+            .then(pl.format("heuristic: output_placeholder ('{}')", c("_placeholder")))
             .when(c("_symbols")).then(pl.format("heuristic: output_letter_share {} < {} (symbol share {} > {})",
                                                 f2(c("output_letter_share")), pl.lit(o.min_letter_share),
                                                 f2(c("output_symbol_share")), pl.lit(o.max_symbol_share)))

@@ -58,6 +58,7 @@ def test_good_row(Heuristic):
         "output_empty": False,
         "output_refusal": False,
         "output_copies_instruction": False,
+        "output_placeholder": False,
         "garbled_ratio": 0.0,
         "output_letter_share": pytest.approx(40 / 42),
         "output_symbol_share": 0.0,
@@ -181,6 +182,8 @@ def test_garbled_text(Heuristic):
     ("Tell me.", "I'm sorry, but I cannot do that.", {}, "output_refusal"),
     ("Write a short poem about the ocean waves.", "Write a short poem about the ocean waves.", {}, "output_copies_instruction"),
     ("Explain.", "Short answer here.", {"min_output_words": 5}, "output_words"),
+    ("Design a logo for the given company.", "<nooutput> Visuals cannot be created by a language model.", {},
+     "output_placeholder"),
     ("Help me.", "I will help you. " * 10, {}, "output_repetition"),
     ("Spell.", "ok \x00\x00\x00 text", {}, "garbled_ratio"),
 ])
@@ -191,6 +194,7 @@ def test_heuristic_ok_false_for_each_reason(Heuristic, instruction, output, opts
         "output_empty": r["output_empty"],
         "output_refusal": r["output_refusal"],
         "output_copies_instruction": r["output_copies_instruction"],
+        "output_placeholder": r["output_placeholder"],
         "output_words": r["output_words"] < opts.get("min_output_words", 1),
         "output_repetition": r["output_repetition"] > 0.5,
         "garbled_ratio": r["garbled_ratio"] > 0.01,
@@ -346,3 +350,16 @@ def test_every_turn_of_a_conversation_is_checked(tmp_path, write_jsonl, write_re
         "turn 2: heuristic: output_repetition 0.96 > 0.5", "heuristic: output_refusal ('i'm sorry, but i cannot')"]
     assert rows["output_refusal"].to_list() == [False, False, False, True]  # the first exchange's statistics
     assert rows["reason"][1] == "where: heuristic_ok (turn 2: heuristic: output_refusal ('i'm sorry, but i cannot'))"
+
+
+@pytest.mark.parametrize("output,placeholder", [
+    ("<nooutput>", "<nooutput>"), ("<No output>", "<no output>"), ("No output required", "no output required"),
+    ('<noinput>\n"A Leap of Faith"', "<noinput>"), ("No Output.", "no output."),
+    ("There is no output required here, as the function returns nothing.", None),  # prose that says so
+    ("None.", None),  # a legitimate answer
+])
+def test_placeholders_where_the_answer_should_be(Heuristic, output, placeholder):
+    r = one(Heuristic, "Design a poster to advertise a product.", output)
+    assert r["output_placeholder"] is (placeholder is not None)
+    if placeholder:
+        assert r["heuristic_reason"] == f"heuristic: output_placeholder ('{placeholder}')"
