@@ -35,7 +35,7 @@ class InputConfig(_Strict):
 class OutputConfig(_Strict):
     dir: str
     select: Optional[list[str]] = None
-    format: Literal["jsonl", "json", "parquet", "sharegpt"] = "jsonl"
+    format: Literal["jsonl", "json", "parquet", "sharegpt", "messages"] = "jsonl"
 
     @field_validator("select", mode="before")
     @classmethod

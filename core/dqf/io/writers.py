@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from dqf.io.rows import _content_text, _format_of
+from dqf.io.rows import _ROLE, _content_text, _format_of
 from dqf.io.values import has_typed, json_form, native, to_raw
 
-OUTPUT_FORMATS = {"jsonl": "jsonl", "json": "json", "parquet": "parquet", "sharegpt": "json"}
+OUTPUT_FORMATS = {"jsonl": "jsonl", "json": "json", "parquet": "parquet", "sharegpt": "json", "messages": "jsonl"}
 #: ShareGPT role names as LLaMA-Factory reads them ("function_call": an assistant turn that calls a tool).
 _SHAREGPT_ROLE = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation",
                   "function": "observation"}
@@ -39,6 +39,55 @@ def _message_value(m: Mapping) -> tuple[str, str]:
     return _SHAREGPT_ROLE.get(role, role), _content_text(m.get("content") or "", "content")
 
 
+def _alpaca_turns(canon: dict[str, Any]) -> tuple[str, str]:
+    """(user text, assistant text) of an Alpaca row: the instruction, plus a blank line and the input if any."""
+    return canon["instruction"] + (f"\n\n{canon['input']}" if canon["input"] else ""), canon["output"]
+
+
+def _openai_message(m: Mapping) -> dict[str, Any]:
+    """One OpenAI message with its content as text (text parts joined) and its tool fields kept; a turn that only
+    calls tools keeps ``content: null``, as the API writes it."""
+    role = str(m.get("role", "")).lower()
+    calls_only = m.get("content") in (None, "", []) and m.get("tool_calls")
+    out = {"role": _ROLE.get(role, role),
+           "content": None if calls_only else _content_text(m.get("content") or "", "content")}
+    for key in ("tool_calls", "tool_call_id", "name"):
+        if m.get(key) is not None:
+            out[key] = m[key]
+    return out
+
+
+def _sharegpt_message(turn: Mapping) -> dict[str, Any]:
+    """One ShareGPT turn as an OpenAI message; a ``function_call`` turn whose value is JSON keeps it as the calls."""
+    who, value = str(turn.get("from", "")).lower(), _content_text(turn.get("value") or "", "value")
+    if who == "function_call":
+        try:
+            calls = json.loads(value)
+        except ValueError:
+            calls = None
+        if isinstance(calls, list):
+            return {"role": "assistant", "content": None, "tool_calls": calls}
+    return {"role": _ROLE.get(who, who), "content": value}
+
+
+def _to_messages(rec: dict[str, Any], canon: dict[str, Any], fields: Mapping[str, str] | None) -> dict[str, Any]:
+    """Every row as ``messages`` (roles system/user/assistant/tool, content as text), the form TRL and axolotl's
+    ``chat_template`` read; the conversation field is replaced, every other field kept."""
+    fmt, f = _format_of(rec, "auto", fields)
+    if fmt == "messages":
+        out = {k: v for k, v in rec.items() if k != f["messages"]}
+        out["messages"] = [_openai_message(m) for m in rec[f["messages"]]]
+        return out
+    if fmt == "sharegpt":
+        out = {k: v for k, v in rec.items() if k != f["conversations"]}
+        out["messages"] = [_sharegpt_message(t) for t in rec[f["conversations"]]]
+        return out
+    out = dict(rec)
+    user, assistant = _alpaca_turns(canon)
+    out["messages"] = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return out
+
+
 def _to_sharegpt(rec: dict[str, Any], canon: dict[str, Any], fields: Mapping[str, str] | None) -> dict[str, Any]:
     """Chat rows keep every turn, under ``conversations`` whatever the input called it; Alpaca rows become one
     human turn and one gpt turn. ShareGPT values are strings: content parts are joined (text parts only)."""
@@ -52,8 +101,8 @@ def _to_sharegpt(rec: dict[str, Any], canon: dict[str, Any], fields: Mapping[str
         out["conversations"] = [dict(zip(("from", "value"), _message_value(m))) for m in rec[f["messages"]]]
         return out
     out = dict(rec)
-    prompt = canon["instruction"] + (f"\n\n{canon['input']}" if canon["input"] else "")
-    out["conversations"] = [{"from": "human", "value": prompt}, {"from": "gpt", "value": canon["output"]}]
+    user, assistant = _alpaca_turns(canon)
+    out["conversations"] = [{"from": "human", "value": user}, {"from": "gpt", "value": assistant}]
     return out
 
 
@@ -93,6 +142,10 @@ def write_selected(frame, path: Path, fmt: str, fields: Mapping[str, str] | None
             for r in raws:
                 fh.write(json.dumps(json_form(json.loads(r)), ensure_ascii=False) if has_typed(r) else r)
                 fh.write("\n")
+    elif fmt == "messages":
+        records = [json_form(json.loads(r)) if has_typed(r) else json.loads(r) for r in raws]
+        canon = frame.select("instruction", "input", "output").to_dicts()
+        write_jsonl([_to_messages(r, c, fields) for r, c in zip(records, canon)], path)
     elif fmt in ("json", "sharegpt"):
         records = [json_form(json.loads(r)) if has_typed(r) else json.loads(r) for r in raws]
         if fmt == "sharegpt":

@@ -179,3 +179,32 @@ def test_a_tool_call_turn_reads_as_its_call(tmp_path):
     (tmp_path / "q.jsonl").write_text(json.dumps(bad) + "\n", encoding="utf-8")
     with pytest.raises(dqf.DataError, match=r"q\.jsonl:1: field 'messages\[1\]\.content': missing"):
         read_input(tmp_path / "q.jsonl", on_bad_row="error")
+
+
+def test_messages_output_from_alpaca_sharegpt_and_messages_rows_reads_back_with_every_turn(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rows = [{"instruction": "Add 2 and 3.", "input": "Be brief.", "output": "5", "tag": "a"},
+            {"id": "s1", "conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "Hi"},
+                                           {"from": "function_call", "value": '[{"name": "wave"}]'},
+                                           {"from": "observation", "value": "waved"},
+                                           {"from": "gpt", "value": "Hello!"}]},
+            {"messages": CHAT["chat"], "tools": CHAT["tools"]}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    res = run(tmp_path, "p.jsonl", "messages")
+    assert res.manifest["counts"]["quarantined"] == 0
+    lines = (tmp_path / "out" / "selected.jsonl").read_text(encoding="utf-8").splitlines()
+    recs = sorted((json.loads(line) for line in lines), key=lambda r: len(r["messages"]))
+    alpaca, sharegpt, chat = recs
+    assert alpaca["messages"] == [{"role": "user", "content": "Add 2 and 3.\n\nBe brief."},
+                                  {"role": "assistant", "content": "5"}] and alpaca["tag"] == "a"
+    assert "conversations" not in sharegpt and sharegpt["id"] == "s1"
+    assert [m["role"] for m in sharegpt["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+    assert sharegpt["messages"][2] == {"role": "assistant", "content": None, "tool_calls": [{"name": "wave"}]}
+    assert [m["role"] for m in chat["messages"]] == [m["role"] for m in CHAT["chat"]]
+    assert chat["messages"][1]["content"] == "Add 2 and 3." and chat["messages"][2]["tool_calls"] == \
+        CHAT["chat"][2]["tool_calls"] and chat["messages"][3]["tool_call_id"] == "t1" and chat["tools"] == CHAT["tools"]
+    # one Arrow type for loaders: text, or null for a turn that only calls tools
+    assert all(isinstance(m["content"], str) or m.get("tool_calls") for r in recs for m in r["messages"])
+    # dqf reads its own output back as the same conversations
+    back = read_input(tmp_path / "out" / "selected.jsonl", on_bad_row="error").frame
+    assert back.height == 3 and sorted(back["output"].to_list()) == sorted(res.selected["output"].to_list())
