@@ -79,6 +79,29 @@ def _content_text(v: Any, field: str) -> str:
     raise BadRow(f"expected a string, got {_typename(v)}", field)
 
 
+def alpaca_context(record: Mapping) -> list[tuple[str, str]]:
+    """The turns before an Alpaca row's own exchange, as LLaMA-Factory's Alpaca format writes them: ``system`` (a
+    string) and ``history`` (a list of ``[instruction, answer]`` pairs), as ``(role, text)``. Empty for a plain row."""
+    out = []
+    system = _text(record, "system", required=False)
+    if system:
+        out.append(("system", system))
+    history = record.get("history")
+    if history is None:
+        return out
+    if not isinstance(history, list):
+        raise BadRow(f"expected a list of [instruction, answer] pairs, got {_typename(history)}", "history")
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise BadRow(f"expected an [instruction, answer] pair, got {_typename(pair)}"
+                         + (f" of {len(pair)}" if isinstance(pair, list) else ""), f"history[{i}]")
+        for j, (role, text) in enumerate(zip(("user", "assistant"), pair)):
+            if not isinstance(text, str):
+                raise BadRow(f"expected a string, got {_typename(text)}", f"history[{i}][{j}]")
+            out.append((role, _valid_text(text, f"history[{i}][{j}]")))
+    return out
+
+
 def _turns(record: Mapping, key: str, role_key: str, text_key: str) -> list[tuple[str, str]]:
     turns = record.get(key)
     if not isinstance(turns, list):
@@ -123,15 +146,16 @@ def _format_of(record: Any, fmt: str, fields: Mapping[str, str] | None) -> tuple
 def conversation(record: Any, fmt: str = "auto", fields: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     """Every turn of ``record`` as ``(role, text)``, roles canonical (user, assistant, system, tool).
 
-    A chat record gives all its turns in order. An alpaca record gives two: the user turn (the
-    instruction, then a newline and the input when there is one, as ``row_texts(rows, "prompt")``)
-    and the assistant turn (the output). Raises :class:`BadRow` like :func:`canonicalize`.
+    A chat record gives all its turns in order. An alpaca record gives its ``system`` and
+    ``history`` turns (:func:`alpaca_context`), then the user turn (the instruction, then a
+    newline and the input when there is one, as ``row_texts(rows, "prompt")``) and the assistant
+    turn (the output). Raises :class:`BadRow` like :func:`canonicalize`.
     """
     fmt, f = _format_of(record, fmt, fields)
     if fmt == "alpaca":
         instruction = _text(record, f["instruction"], required=True)
         inp = _text(record, f["input"], required=False)
-        return [("user", question(instruction, inp)),
+        return [*alpaca_context(record), ("user", question(instruction, inp)),
                 ("assistant", _text(record, f["output"], required=True))]
     if fmt == "sharegpt":
         return _turns(record, f["conversations"], "from", "value")
@@ -151,7 +175,11 @@ def canonicalize(record: Any, fmt: str = "auto", fields: Mapping[str, str] | Non
         instruction = _text(record, f["instruction"], required=True)
         inp = _text(record, f["input"], required=False)
         output = _text(record, f["output"], required=True)
-        return Canonical(row_id([instruction, inp, output]), instruction, inp, output, 1, "alpaca")
+        context = alpaca_context(record)
+        # a plain row keeps the id it always had; system and history are part of a row's content
+        content = [instruction, inp, output] + ([[list(t) for t in context]] if context else [])
+        n_user = 1 + sum(1 for r, _ in context if r == "user")
+        return Canonical(row_id(content), instruction, inp, output, n_user, "alpaca")
     if fmt == "sharegpt":
         turns = _turns(record, f["conversations"], "from", "value")
         key = f["conversations"]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from dqf.io.rows import _ROLE, _content_text, _format_of
+from dqf.io.rows import _ROLE, _content_text, _format_of, alpaca_context
 from dqf.io.values import has_typed, json_form, native, to_raw
 
 OUTPUT_FORMATS = {"jsonl": "jsonl", "json": "json", "parquet": "parquet", "sharegpt": "json", "messages": "jsonl"}
@@ -39,9 +39,11 @@ def _message_value(m: Mapping) -> tuple[str, str]:
     return _SHAREGPT_ROLE.get(role, role), _content_text(m.get("content") or "", "content")
 
 
-def _alpaca_turns(canon: dict[str, Any]) -> tuple[str, str]:
-    """(user text, assistant text) of an Alpaca row: the instruction, plus a blank line and the input if any."""
-    return canon["instruction"] + (f"\n\n{canon['input']}" if canon["input"] else ""), canon["output"]
+def _alpaca_turns(rec: Mapping, canon: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(role, text)`` of an Alpaca row's turns: its system and history turns, then the instruction (plus a blank
+    line and the input if any) and the output."""
+    user = canon["instruction"] + (f"\n\n{canon['input']}" if canon["input"] else "")
+    return [*alpaca_context(rec), ("user", user), ("assistant", canon["output"])]
 
 
 def _openai_message(m: Mapping) -> dict[str, Any]:
@@ -72,7 +74,8 @@ def _sharegpt_message(turn: Mapping) -> dict[str, Any]:
 
 def _to_messages(rec: dict[str, Any], canon: dict[str, Any], fields: Mapping[str, str] | None) -> dict[str, Any]:
     """Every row as ``messages`` (roles system/user/assistant/tool, content as text), the form TRL and axolotl's
-    ``chat_template`` read; the conversation field is replaced, every other field kept."""
+    ``chat_template`` read; the conversation field (an Alpaca row's ``system`` and ``history``) is replaced, every
+    other field kept."""
     fmt, f = _format_of(rec, "auto", fields)
     if fmt == "messages":
         out = {k: v for k, v in rec.items() if k != f["messages"]}
@@ -82,15 +85,15 @@ def _to_messages(rec: dict[str, Any], canon: dict[str, Any], fields: Mapping[str
         out = {k: v for k, v in rec.items() if k != f["conversations"]}
         out["messages"] = [_sharegpt_message(t) for t in rec[f["conversations"]]]
         return out
-    out = dict(rec)
-    user, assistant = _alpaca_turns(canon)
-    out["messages"] = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    out = {k: v for k, v in rec.items() if k not in ("system", "history")}
+    out["messages"] = [{"role": role, "content": text} for role, text in _alpaca_turns(rec, canon)]
     return out
 
 
 def _to_sharegpt(rec: dict[str, Any], canon: dict[str, Any], fields: Mapping[str, str] | None) -> dict[str, Any]:
-    """Chat rows keep every turn, under ``conversations`` whatever the input called it; Alpaca rows become one
-    human turn and one gpt turn. ShareGPT values are strings: content parts are joined (text parts only)."""
+    """Chat rows keep every turn, under ``conversations`` whatever the input called it; Alpaca rows become their
+    system and history turns, then one human turn and one gpt turn. ShareGPT values are strings: content parts are
+    joined (text parts only)."""
     fmt, f = _format_of(rec, "auto", fields)
     if fmt == "sharegpt":
         out = {k: v for k, v in rec.items() if k != f["conversations"]}
@@ -100,9 +103,8 @@ def _to_sharegpt(rec: dict[str, Any], canon: dict[str, Any], fields: Mapping[str
         out = {k: v for k, v in rec.items() if k != f["messages"]}
         out["conversations"] = [dict(zip(("from", "value"), _message_value(m))) for m in rec[f["messages"]]]
         return out
-    out = dict(rec)
-    user, assistant = _alpaca_turns(canon)
-    out["conversations"] = [{"from": "human", "value": user}, {"from": "gpt", "value": assistant}]
+    out = {k: v for k, v in rec.items() if k not in ("system", "history")}
+    out["conversations"] = [{"from": _SHAREGPT_ROLE[role], "value": text} for role, text in _alpaca_turns(rec, canon)]
     return out
 
 

@@ -661,3 +661,34 @@ def test_a_lone_surrogate_is_a_bad_row_in_both_modes(tmp_path):
                        ("p.jsonl:3", "field 'messages[1].content': lone surrogate '\\udfff' at character 1")]
     with pytest.raises(DataError, match=r"p\.jsonl:2: field 'instruction': lone surrogate"):
         read_input(path, on_bad_row="error")
+
+
+def test_alpaca_system_and_history_are_part_of_the_row(tmp_path):
+    base = {"instruction": "And in French?", "input": "", "output": "Bonjour"}
+    rows = [base, {**base, "history": [["Say hello.", "Hello"]]}, {**base, "history": [["Say hi.", "Hi"]]},
+            {**base, "system": "Be brief.", "history": [["Say hello.", "Hello"]]}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    frame = read_input(path, on_bad_row="error").frame
+    assert frame.height == 4 and frame["id"].n_unique() == 4  # rows differing only in history are not one row
+    assert frame["n_turns"].to_list() == [1, 2, 2, 2]
+    # a plain row keeps the id it always had
+    assert frame["id"][0] == read_input(_write(tmp_path, "q.jsonl", [base]), on_bad_row="error").frame["id"][0]
+
+
+@pytest.mark.parametrize("history,field,reason", [
+    ("Say hello.", "history", "expected a list of [instruction, answer] pairs, got str"),
+    ([["Say hello."]], "history[0]", "expected an [instruction, answer] pair, got list of 1"),
+    ([["Say hello.", 5]], "history[0][1]", "expected a string, got int"),
+])
+def test_a_bad_alpaca_history_names_its_field(tmp_path, history, field, reason):
+    path = _write(tmp_path, "p.jsonl", [{"instruction": "a", "output": "b", "history": history}])
+    with pytest.raises(DataError) as info:
+        read_input(path, on_bad_row="error")
+    assert str(info.value).endswith(f"p.jsonl:1: field '{field}': {reason}")
+
+
+def _write(tmp_path, name, rows):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -15,6 +15,7 @@ import pytest
 import dqf
 from dqf.store.atomic import _host  # how temporaries name their host
 from dqf.io.readers import read_input
+from dqf.io.writers import output_file
 
 RECIPE = """\
 name = "rt"
@@ -38,10 +39,10 @@ def run(tmp_path, path, fmt, fields=""):
 
 
 def selected(tmp_path, fmt):
-    p = tmp_path / "out" / f"selected.{'json' if fmt == 'sharegpt' else fmt}"
+    p = output_file(tmp_path / "out", fmt)
     if fmt == "parquet":
         return pq.read_table(p)
-    if fmt == "jsonl":
+    if p.suffix == ".jsonl":
         return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()]
     return json.loads(p.read_text(encoding="utf-8"))
 
@@ -192,8 +193,7 @@ def test_messages_output_from_alpaca_sharegpt_and_messages_rows_reads_back_with_
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     res = run(tmp_path, "p.jsonl", "messages")
     assert res.manifest["counts"]["quarantined"] == 0
-    lines = (tmp_path / "out" / "selected.jsonl").read_text(encoding="utf-8").splitlines()
-    recs = sorted((json.loads(line) for line in lines), key=lambda r: len(r["messages"]))
+    recs = sorted(selected(tmp_path, "messages"), key=lambda r: len(r["messages"]))
     alpaca, sharegpt, chat = recs
     assert alpaca["messages"] == [{"role": "user", "content": "Add 2 and 3.\n\nBe brief."},
                                   {"role": "assistant", "content": "5"}] and alpaca["tag"] == "a"
@@ -208,3 +208,22 @@ def test_messages_output_from_alpaca_sharegpt_and_messages_rows_reads_back_with_
     # dqf reads its own output back as the same conversations
     back = read_input(tmp_path / "out" / "selected.jsonl", on_bad_row="error").frame
     assert back.height == 3 and sorted(back["output"].to_list()) == sorted(res.selected["output"].to_list())
+
+
+@pytest.mark.parametrize("fmt", ["sharegpt", "messages"])
+def test_an_alpaca_rows_system_and_history_become_its_first_turns(tmp_path, monkeypatch, fmt):
+    monkeypatch.chdir(tmp_path)
+    row = {"instruction": "And in French?", "input": "", "output": "Bonjour", "system": "Be brief.",
+           "history": [["Say hello.", "Hello"]], "tag": 1}
+    (tmp_path / "p.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    run(tmp_path, "p.jsonl", fmt)
+    [rec] = selected(tmp_path, fmt)
+    assert "history" not in rec and "system" not in rec and rec["tag"] == 1
+    if fmt == "sharegpt":
+        assert [(t["from"], t["value"]) for t in rec["conversations"]] == [
+            ("system", "Be brief."), ("human", "Say hello."), ("gpt", "Hello"), ("human", "And in French?"),
+            ("gpt", "Bonjour")]
+    else:
+        assert [(m["role"], m["content"]) for m in rec["messages"]] == [
+            ("system", "Be brief."), ("user", "Say hello."), ("assistant", "Hello"), ("user", "And in French?"),
+            ("assistant", "Bonjour")]
