@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from dqf.errors import DataError
+from dqf.errors import DataError, require
 from dqf.io.rows import BadRow, canonicalize, conversation
 from dqf.io.values import parse_constant, to_raw
 
-SUFFIXES = (".jsonl", ".json", ".parquet")
+#: What a file's name may end in; ``.gz`` / ``.zst`` on a JSON(L) file is decompressed on reading.
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
 #: Unique rows gathered as Python objects before they are turned into columns (bounds the reader's memory).
 CHUNK_ROWS = 65_536
 _WS = re.compile(r"\s*")
@@ -127,6 +128,53 @@ def _iter_json_array(path: Path, text: str, lossy: bool = False, name: str | Non
         raise DataError(f"{name or display_path(path)}:{lineno}: invalid JSON: expected ',' or ']' after array element")
 
 
+def _decompressed(path: Path, raw: bytes, name: str | None) -> bytes:
+    """``raw`` with the file's compression (``.gz``, ``.zst``) undone; a broken stream is one error naming the file."""
+    if path.name.endswith(".gz"):
+        import gzip
+
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{name or display_path(path)}: not a readable gzip file: {exc}") from None
+    if path.name.endswith(".zst"):
+        zstd = require("zstandard", package="zstandard", extra="zstd", user=f"reading {display_path(path)}")
+        try:
+            return zstd.ZstdDecompressor().stream_reader(raw).read()
+        except zstd.ZstdError as exc:
+            raise DataError(f"{name or display_path(path)}: not a readable zstd file: {exc}") from None
+    return raw
+
+
+def _iter_csv(text: str, delimiter: str) -> Iterator[tuple[int, Any, str]]:
+    """Each CSV/TSV record as an object of its header's columns (every value a string), with the line it starts on."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error):
+        return
+    start = reader.line_num + 1
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield start, BadRow(f"invalid CSV ({exc})"), ""
+            start = reader.line_num + 1
+            continue
+        if values:
+            raw = delimiter.join(values)
+            if len(values) != len(header):
+                yield start, BadRow(f"{len(values)} fields where the header has {len(header)}"), raw
+            else:
+                yield start, dict(zip(header, values)), raw
+        start = reader.line_num + 1
+
+
 def _iter_records(path: Path, name: str | None = None) -> tuple[Iterator[tuple[int | str, Any, str]], str]:
     if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -144,13 +192,17 @@ def _iter_records(path: Path, name: str | None = None) -> tuple[Iterator[tuple[i
         return gen(), hashlib.sha256(raw).hexdigest()
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
+    data = _decompressed(path, raw, name)
     try:
-        text, lossy = raw.decode("utf-8-sig"), False
+        text, lossy = data.decode("utf-8-sig"), False
     except UnicodeDecodeError:
         # Keep the undecodable bytes as lone surrogates; each record holding one becomes a bad row.
-        text, lossy = raw.decode("utf-8-sig", "surrogateescape"), True
+        text, lossy = data.decode("utf-8-sig", "surrogateescape"), True
+    plain = path.name.removesuffix(".gz").removesuffix(".zst")
+    if plain.endswith((".csv", ".tsv")):
+        return _iter_csv(text, "\t" if plain.endswith(".tsv") else ","), digest
     first = _WS.match(text, 0).end()
-    if path.name.endswith(".json") and text.startswith("[", first):
+    if plain.endswith(".json") and text.startswith("[", first):
         return _iter_json_array(path, text, lossy, name), digest
     return _iter_jsonl(path, text, lossy), digest
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -610,14 +611,14 @@ def test_folder_without_data_files(tmp_path):
     (tmp_path / "d" / "readme.txt").write_text("x")
     with pytest.raises(DataError) as err:
         read_input(tmp_path / "d")
-    assert str(err.value) == "input.path: folder d holds no .jsonl, .json, .parquet files"
+    assert str(err.value) == "input.path: folder d holds no .jsonl, .json, .parquet, .csv, .tsv, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst files"
 
 
 def test_unsupported_file_type(tmp_path):
-    (tmp_path / "pool.csv").write_text("instruction,output\nq,a\n")
+    (tmp_path / "pool.xlsx").write_text("instruction,output\nq,a\n")
     with pytest.raises(DataError) as err:
-        read_input(tmp_path / "pool.csv")
-    assert str(err.value) == "input.path: pool.csv: unsupported file type (use .jsonl, .json, .parquet)"
+        read_input(tmp_path / "pool.xlsx")
+    assert str(err.value) == "input.path: pool.xlsx: unsupported file type (use .jsonl, .json, .parquet, .csv, .tsv, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst)"
 
 
 @pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085"])
@@ -692,3 +693,39 @@ def _write(tmp_path, name, rows):
     path = tmp_path / name
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+ROWS = [{"instruction": "Name a colour.", "input": "", "output": "Blue"},
+        {"instruction": "Add 2 and 3.", "input": "", "output": "5"}]
+
+
+@pytest.mark.parametrize("name", ["p.jsonl.gz", "p.json.gz", "p.jsonl.zst", "p.json.zst"])
+def test_compressed_json_inputs_read_as_their_plain_form(tmp_path, name):
+    import gzip
+
+    import zstandard
+
+    text = (json.dumps(ROWS) if ".json." in name else "".join(json.dumps(r) + "\n" for r in ROWS)) \
+        + ("" if ".json." in name else '{"instruction": 5}\n')
+    data = text.encode("utf-8")
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else zstandard.compress(data))
+    read = read_input(tmp_path / name, on_bad_row="quarantine")
+    assert read.frame["output"].to_list() == ["Blue", "5"]
+    if ".jsonl." in name:  # line numbers are the decompressed text's
+        assert [(q["source"], q["reason"]) for q in read.quarantined] == [
+            (f"{name}:3", "field 'instruction': expected a string, got int")]
+    (tmp_path / name).write_bytes(b"not compressed")
+    with pytest.raises(DataError, match=rf"{re.escape(name)}: not a readable (gzip|zstd) file"):
+        read_input(tmp_path / name)
+
+
+@pytest.mark.parametrize("sep,name", [(",", "p.csv"), ("\t", "p.tsv")])
+def test_csv_and_tsv_rows_with_a_multiline_field_and_a_bad_row(tmp_path, sep, name):
+    text = (f"instruction{sep}input{sep}output\n" f"Name a colour.{sep}{sep}Blue\n"
+            f'"Write two lines."{sep}{sep}"one\ntwo"\n' f"only{sep}two\n" f"Add 2 and 3.{sep}{sep}5\n")
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    read = read_input(tmp_path / name, on_bad_row="quarantine")
+    assert read.frame["output"].to_list() == ["Blue", "one\ntwo", "5"]
+    assert [(q["source"], q["reason"]) for q in read.quarantined] == [(f"{name}:5", "2 fields where the header has 3")]
+    with pytest.raises(DataError, match=rf"{re.escape(name)}:5: 2 fields where the header has 3"):
+        read_input(tmp_path / name, on_bad_row="error")
