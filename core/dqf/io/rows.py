@@ -102,6 +102,16 @@ def alpaca_context(record: Mapping) -> list[tuple[str, str]]:
     return out
 
 
+def _sharegpt_keys(record: Mapping, key: str) -> tuple[str, str]:
+    """The role and text keys of a ``conversations`` list: ShareGPT's ``from``/``value``, or ``role``/``content`` as
+    many exports write it (decided by the first turn that has either)."""
+    turns = record.get(key)
+    for t in turns if isinstance(turns, list) else ():
+        if isinstance(t, Mapping) and ("from" in t or "role" in t):
+            return ("from", "value") if "from" in t else ("role", "content")
+    return "from", "value"
+
+
 def _turns(record: Mapping, key: str, role_key: str, text_key: str) -> list[tuple[str, str]]:
     turns = record.get(key)
     if not isinstance(turns, list):
@@ -158,7 +168,7 @@ def conversation(record: Any, fmt: str = "auto", fields: Mapping[str, str] | Non
         return [*alpaca_context(record), ("user", question(instruction, inp)),
                 ("assistant", _text(record, f["output"], required=True))]
     if fmt == "sharegpt":
-        return _turns(record, f["conversations"], "from", "value")
+        return _turns(record, f["conversations"], *_sharegpt_keys(record, f["conversations"]))
     if fmt == "messages":
         return _turns(record, f["messages"], "role", "content")
     raise ValueError(f"unknown format {fmt!r}")
@@ -181,7 +191,7 @@ def canonicalize(record: Any, fmt: str = "auto", fields: Mapping[str, str] | Non
         n_user = 1 + sum(1 for r, _ in context if r == "user")
         return Canonical(row_id(content), instruction, inp, output, n_user, "alpaca")
     if fmt == "sharegpt":
-        turns = _turns(record, f["conversations"], "from", "value")
+        turns = _turns(record, f["conversations"], *_sharegpt_keys(record, f["conversations"]))
         key = f["conversations"]
     elif fmt == "messages":
         turns = _turns(record, f["messages"], "role", "content")

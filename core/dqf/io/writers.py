@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from dqf.io.rows import _ROLE, _content_text, _format_of, alpaca_context
+from dqf.io.rows import _ROLE, _content_text, _format_of, _sharegpt_keys, alpaca_context
 from dqf.io.values import has_typed, json_form, native, to_raw
 
 OUTPUT_FORMATS = {"jsonl": "jsonl", "json": "json", "parquet": "parquet", "sharegpt": "json", "messages": "jsonl"}
@@ -82,8 +82,10 @@ def _to_messages(rec: dict[str, Any], canon: dict[str, Any], fields: Mapping[str
         out["messages"] = [_openai_message(m) for m in rec[f["messages"]]]
         return out
     if fmt == "sharegpt":
-        out = {k: v for k, v in rec.items() if k != f["conversations"]}
-        out["messages"] = [_sharegpt_message(t) for t in rec[f["conversations"]]]
+        key = f["conversations"]
+        out = {k: v for k, v in rec.items() if k != key}
+        as_messages = _sharegpt_keys(rec, key) == ("role", "content")  # an export's role/content turns
+        out["messages"] = [_openai_message(t) if as_messages else _sharegpt_message(t) for t in rec[key]]
         return out
     out = {k: v for k, v in rec.items() if k not in ("system", "history")}
     out["messages"] = [{"role": role, "content": text} for role, text in _alpaca_turns(rec, canon)]
@@ -96,8 +98,12 @@ def _to_sharegpt(rec: dict[str, Any], canon: dict[str, Any], fields: Mapping[str
     joined (text parts only)."""
     fmt, f = _format_of(rec, "auto", fields)
     if fmt == "sharegpt":
-        out = {k: v for k, v in rec.items() if k != f["conversations"]}
-        out["conversations"] = rec[f["conversations"]]
+        key = f["conversations"]
+        out = {k: v for k, v in rec.items() if k != key}
+        if _sharegpt_keys(rec, key) == ("role", "content"):  # an export's role/content turns: ShareGPT's keys
+            out["conversations"] = [dict(zip(("from", "value"), _message_value(t))) for t in rec[key]]
+        else:
+            out["conversations"] = rec[key]
         return out
     if fmt == "messages":
         out = {k: v for k, v in rec.items() if k != f["messages"]}

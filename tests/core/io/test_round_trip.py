@@ -227,3 +227,21 @@ def test_an_alpaca_rows_system_and_history_become_its_first_turns(tmp_path, monk
         assert [(m["role"], m["content"]) for m in rec["messages"]] == [
             ("system", "Be brief."), ("user", "Say hello."), ("assistant", "Hello"), ("user", "And in French?"),
             ("assistant", "Bonjour")]
+
+
+@pytest.mark.parametrize("fmt", ["sharegpt", "messages"])
+def test_conversations_written_with_role_and_content_keys_are_read_and_converted(tmp_path, monkeypatch, fmt):
+    monkeypatch.chdir(tmp_path)
+    row = {"conversations": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
+                             {"role": "assistant", "content": "Bye!"}]}
+    (tmp_path / "p.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    res = run(tmp_path, "p.jsonl", fmt)
+    assert res.manifest["counts"]["quarantined"] == 0  # every row was quarantined before
+    assert res.selected["instruction"].to_list() == ["Hi"] and res.selected["n_turns"].to_list() == [2]
+    [rec] = selected(tmp_path, fmt)
+    if fmt == "sharegpt":
+        assert [(t["from"], t["value"]) for t in rec["conversations"]] == [
+            ("system", "Be brief."), ("human", "Hi"), ("gpt", "Hello!"), ("human", "Bye"), ("gpt", "Bye!")]
+    else:
+        assert rec["messages"] == row["conversations"] and "conversations" not in rec
