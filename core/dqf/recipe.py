@@ -30,6 +30,8 @@ class InputConfig(_Strict):
     format: Literal["auto", "alpaca", "sharegpt", "messages"] = "auto"
     fields: dict[Literal["instruction", "input", "output", "conversations", "messages"], str] = {}
     on_bad_row: Literal["error", "quarantine"] = "error"
+    #: Which split of a Hugging Face-style folder or glob to read (train-00000-of-00002.parquet, train.jsonl, train/).
+    split: Optional[str] = None
 
 
 class OutputConfig(_Strict):

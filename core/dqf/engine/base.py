@@ -44,7 +44,7 @@ class Executor:
         """The recipe's input, read in this process in file order."""
         inp = self.recipe.model.input
         return read_input(self.recipe.input_path, fmt=inp.format, fields=inp.fields, on_bad_row=inp.on_bad_row,
-                          limit=limit, progress=advance)
+                          limit=limit, progress=advance, split=inp.split)
 
     def score_batches(self, scorer: "Scorer", todo: "pl.DataFrame", *, batch_size: int, view: list[str],
                       derive: Derive | None, key: str, label: str, step_id: str

@@ -321,7 +321,7 @@ class RayExecutor(Executor):
         from dqf.io.readers import display_path, input_files, merge_parts
 
         inp = self.recipe.model.input
-        files = input_files(self.recipe.input_path)
+        files = input_files(self.recipe.input_path, inp.split)
         if len(files) < 2 or limit is not None or self.config.read == "driver":
             return super().read_input(limit, advance)  # one file, or a --limit that must stop in file order
         self._connect()

@@ -51,16 +51,61 @@ def inside_input(input_path: Path, folder: Path, key: str) -> str | None:
             f"recursively: the next run would read this run's files back as input rows; put {key} outside it")
 
 
-def input_files(path: Path) -> list[Path]:
-    if not path.exists():
-        raise DataError(f"input.path: no such file or folder: {display_path(path)}")
-    if path.is_file():
+_GLOB = re.compile(r"[*?\[]")
+#: Split names recognised without `input.split` (to refuse reading several at once).
+KNOWN_SPLITS = ("train", "test", "validation", "valid", "dev", "eval")
+# Hugging Face Hub shard names: train-00000-of-00002.parquet
+_HUB_SHARD = re.compile(r"^(.+?)-\d+-of-\d+(?:\.|$)")
+
+
+def _split_names(rel: Path) -> set[str]:
+    """The split names a file's path (relative to the input root) carries: a Hub shard prefix, its stem, a folder."""
+    name = rel.name
+    names = {name.split(".", 1)[0]} | {part for part in rel.parts[:-1]}
+    hub = _HUB_SHARD.match(name)
+    if hub:
+        names.add(hub.group(1))
+    return names
+
+
+def input_files(path: Path, split: str | None = None) -> list[Path]:
+    """The data files ``input.path`` names: one file, every data file below a folder, or a glob's matches (sorted);
+    with ``split``, only that split's files (Hub shard names, file stems or folder names)."""
+    shown = display_path(path)
+    if _GLOB.search(str(path)):
+        import glob
+
+        first = next(i for i, part in enumerate(path.parts) if _GLOB.search(part))
+        root = Path(*path.parts[:first]) if first else Path(".")  # split names are read below the fixed part
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
+                       if Path(p).is_file() and p.endswith(SUFFIXES))
+        if not files:
+            raise DataError(f"input.path: no {', '.join(SUFFIXES)} file matches {shown}")
+    elif not path.exists():
+        raise DataError(f"input.path: no such file or folder: {shown}")
+    elif path.is_file():
         if not path.name.endswith(SUFFIXES):
-            raise DataError(f"input.path: {display_path(path)}: unsupported file type (use {', '.join(SUFFIXES)})")
+            raise DataError(f"input.path: {shown}: unsupported file type (use {', '.join(SUFFIXES)})")
+        if split is not None:
+            raise DataError(f"input.split: {shown} is one file; split chooses among the files of a folder or glob")
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
-    if not files:
-        raise DataError(f"input.path: folder {display_path(path)} holds no {', '.join(SUFFIXES)} files")
+    else:
+        root = path
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+        if not files:
+            raise DataError(f"input.path: folder {shown} holds no {', '.join(SUFFIXES)} files")
+    names = {f: _split_names(f.relative_to(root)) for f in files}
+    found = sorted(set().union(*names.values()) & set(KNOWN_SPLITS))
+    if split is not None:
+        chosen = [f for f in files if split in names[f]]
+        if not chosen:
+            raise DataError(f"input.split: no file of split {split!r} in {shown}"
+                            + (f" (splits found: {', '.join(found)})" if found else ""))
+        return chosen
+    if len(found) > 1:
+        raise DataError(f"input.path: {shown} holds the splits {', '.join(found)} (file or folder names such as "
+                        f"train-00000-of-00002.parquet): set input.split to the one to read, so that no "
+                        f"{found[0] if found[0] != 'train' else found[1]} rows are selected for training")
     return files
 
 
@@ -356,8 +401,10 @@ def read_input(
     on_bad_row: str = "error",
     limit: int | None = None,
     progress=None,
+    split: str | None = None,
 ):
-    """Read ``path`` (a file or a folder of shards, files in name order) into a :class:`ReadResult`.
+    """Read ``path`` (a file, a folder of shards or a glob; files in name order, only ``split``'s when it is set)
+    into a :class:`ReadResult`.
 
     A bad row stops the read with ``file:line: field 'x': reason`` unless ``on_bad_row`` is
     ``"quarantine"``, in which case it is kept (with its reason) for ``quarantine.jsonl``.
@@ -365,7 +412,7 @@ def read_input(
     """
     parts: list[FilePart] = []
     left = limit
-    for fpath in input_files(Path(path)):
+    for fpath in input_files(Path(path), split):
         if left is not None and left <= 0:
             break
         part = read_file(fpath, fmt=fmt, fields=fields, on_bad_row=on_bad_row, limit=left, progress=progress)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import dqf
 from dqf import DataError
 from dqf.io.readers import input_files, merge_parts, read_file, read_input
 
@@ -729,3 +732,44 @@ def test_csv_and_tsv_rows_with_a_multiline_field_and_a_bad_row(tmp_path, sep, na
     assert [(q["source"], q["reason"]) for q in read.quarantined] == [(f"{name}:5", "2 fields where the header has 3")]
     with pytest.raises(DataError, match=rf"{re.escape(name)}:5: 2 fields where the header has 3"):
         read_input(tmp_path / name, on_bad_row="error")
+
+
+def _hub_layout(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", 2), ("test", 1)):
+        for i in range(n):
+            pq.write_table(pa.table({"instruction": [f"{split} q{i}"], "output": ["a"]}),
+                           data / f"{split}-{i:05d}-of-{n:05d}.parquet")
+    return data
+
+
+def test_a_folder_of_several_splits_needs_a_split_and_reads_only_that_one(tmp_path):
+    data = _hub_layout(tmp_path)
+    with pytest.raises(DataError) as info:
+        read_input(data)
+    assert str(info.value) == (
+        f"input.path: {os.path.relpath(data)} holds the splits test, train (file or folder names such as "
+        "train-00000-of-00002.parquet): set input.split to the one to read, so that no test rows are selected for "
+        "training")
+    assert sorted(read_input(data, split="train").frame["instruction"]) == ["train q0", "train q1"]
+    assert read_input(data, split="test").frame["instruction"].to_list() == ["test q0"]
+    with pytest.raises(DataError, match=r"input\.split: no file of split 'validation' in .*data \(splits found: "
+                                        r"test, train\)"):
+        read_input(data, split="validation")
+
+
+def test_a_glob_reads_its_matches_in_name_order(tmp_path, monkeypatch):
+    _hub_layout(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert read_input(Path("data/train-*.parquet")).frame["instruction"].to_list() == ["train q0", "train q1"]
+    assert read_input(Path("data/*.parquet"), split="test").frame["instruction"].to_list() == ["test q0"]
+    with pytest.raises(DataError, match=r"input\.path: no .* file matches data/dev-\*\.parquet"):
+        read_input(Path("data/dev-*.parquet"))
+
+
+def test_split_in_a_recipe(tmp_path):
+    _hub_layout(tmp_path)
+    (tmp_path / "r.toml").write_text('[input]\npath = "data"\nsplit = "train"\n[output]\ndir = "out"\n[[steps]]\n'
+                                     'id = "all"\nselect = { plugin = "random", fraction = 1.0 }\n', encoding="utf-8")
+    assert dqf.run(tmp_path / "r.toml").manifest["counts"]["rows_read"] == 2
