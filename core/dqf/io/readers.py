@@ -15,7 +15,10 @@ from dqf.io.rows import BadRow, canonicalize, conversation
 from dqf.io.values import parse_constant, to_raw
 
 #: What a file's name may end in; ``.gz`` / ``.zst`` on a JSON(L) file is decompressed on reading.
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
+SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow", ".csv", ".tsv", ".jsonl.gz", ".json.gz", ".jsonl.zst",
+            ".json.zst")
+#: What Hugging Face `save_to_disk` writes beside its .arrow shards: metadata, never rows.
+HF_METADATA = ("state.json", "dataset_info.json", "dataset_dict.json")
 #: Unique rows gathered as Python objects before they are turned into columns (bounds the reader's memory).
 CHUNK_ROWS = 65_536
 _WS = re.compile(r"\s*")
@@ -68,6 +71,22 @@ def _split_names(rel: Path) -> set[str]:
     return names
 
 
+def _hf_metadata(p: Path) -> bool:
+    """A metadata file of a Hugging Face `save_to_disk` folder (a Dataset's, or a DatasetDict's split list)."""
+    if p.name == "dataset_dict.json":
+        return True
+    return p.name in HF_METADATA and (p.parent / "state.json").is_file() and any(p.parent.glob("*.arrow"))
+
+
+def _hf_splits(root: Path) -> set[str]:
+    """The split names a DatasetDict saved at ``root`` lists (empty for anything else)."""
+    try:
+        splits = json.loads((root / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {s for s in splits if isinstance(s, str)}
+
+
 def input_files(path: Path, split: str | None = None) -> list[Path]:
     """The data files ``input.path`` names: one file, every data file below a folder, or a glob's matches (sorted);
     with ``split``, only that split's files (Hub shard names, file stems or folder names)."""
@@ -91,11 +110,12 @@ def input_files(path: Path, split: str | None = None) -> list[Path]:
         return [path]
     else:
         root = path
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)
+                       and not _hf_metadata(p))
         if not files:
             raise DataError(f"input.path: folder {shown} holds no {', '.join(SUFFIXES)} files")
     names = {f: _split_names(f.relative_to(root)) for f in files}
-    found = sorted(set().union(*names.values()) & set(KNOWN_SPLITS))
+    found = sorted(set().union(*names.values()) & (set(KNOWN_SPLITS) | _hf_splits(root)))
     if split is not None:
         chosen = [f for f in files if split in names[f]]
         if not chosen:
@@ -220,15 +240,28 @@ def _iter_csv(text: str, delimiter: str) -> Iterator[tuple[int, Any, str]]:
         start = reader.line_num + 1
 
 
+def _arrow_table(path: Path):
+    """An Arrow IPC file: the stream format `datasets` writes, or the random-access file format."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        try:
+            return pa.ipc.open_stream(source).read_all()
+        except pa.ArrowInvalid:
+            source.seek(0)
+            return pa.ipc.open_file(source).read_all()
+
+
 def _iter_records(path: Path, name: str | None = None) -> tuple[Iterator[tuple[int | str, Any, str]], str]:
-    if path.name.endswith(".parquet"):
+    if path.name.endswith((".parquet", ".arrow")):
         import pyarrow.parquet as pq
 
         raw = path.read_bytes()
+        kind = "parquet" if path.name.endswith(".parquet") else "Arrow"
         try:
-            table = pq.read_table(path)
+            table = pq.read_table(path) if kind == "parquet" else _arrow_table(path)
         except Exception as exc:
-            raise DataError(f"{name or display_path(path)}: unreadable parquet: {exc}") from None
+            raise DataError(f"{name or display_path(path)}: unreadable {kind}: {exc}") from None
 
         def gen():
             for i, rec in enumerate(table.to_pylist(), 1):

@@ -614,14 +614,16 @@ def test_folder_without_data_files(tmp_path):
     (tmp_path / "d" / "readme.txt").write_text("x")
     with pytest.raises(DataError) as err:
         read_input(tmp_path / "d")
-    assert str(err.value) == "input.path: folder d holds no .jsonl, .json, .parquet, .csv, .tsv, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst files"
+    assert str(err.value) == ("input.path: folder d holds no .jsonl, .json, .parquet, .arrow, .csv, .tsv, .jsonl.gz, "
+                              ".json.gz, .jsonl.zst, .json.zst files")
 
 
 def test_unsupported_file_type(tmp_path):
     (tmp_path / "pool.xlsx").write_text("instruction,output\nq,a\n")
     with pytest.raises(DataError) as err:
         read_input(tmp_path / "pool.xlsx")
-    assert str(err.value) == "input.path: pool.xlsx: unsupported file type (use .jsonl, .json, .parquet, .csv, .tsv, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst)"
+    assert str(err.value) == ("input.path: pool.xlsx: unsupported file type (use .jsonl, .json, .parquet, .arrow, "
+                              ".csv, .tsv, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst)")
 
 
 @pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085"])
@@ -773,3 +775,20 @@ def test_split_in_a_recipe(tmp_path):
     (tmp_path / "r.toml").write_text('[input]\npath = "data"\nsplit = "train"\n[output]\ndir = "out"\n[[steps]]\n'
                                      'id = "all"\nselect = { plugin = "random", fraction = 1.0 }\n', encoding="utf-8")
     assert dqf.run(tmp_path / "r.toml").manifest["counts"]["rows_read"] == 2
+
+
+def test_hugging_face_save_to_disk_folders_read_their_arrow_data(tmp_path):
+    datasets = pytest.importorskip("datasets")  # in the test extra: CI has it
+    rows = [{"instruction": "Name a colour.", "output": "Blue", "n": 1},
+            {"instruction": "Add 2 and 3.", "output": "5", "n": 2}]
+    one = datasets.Dataset.from_list(rows)
+    one.save_to_disk(str(tmp_path / "one"))
+    test = datasets.Dataset.from_list(rows[:1])
+    datasets.DatasetDict({"train": one, "test": test}).save_to_disk(str(tmp_path / "dd"))
+    read = read_input(tmp_path / "one", on_bad_row="error")  # state.json and dataset_info.json are not rows
+    assert read.frame["output"].to_list() == ["Blue", "5"] and read.quarantined == []
+    assert [json.loads(r)["n"] for r in read.frame["_raw"]] == [1, 2]
+    with pytest.raises(DataError, match=r"holds the splits test, train .*set input\.split"):
+        read_input(tmp_path / "dd")
+    assert read_input(tmp_path / "dd", split="train").frame.height == 2
+    assert read_input(tmp_path / "dd", split="test").frame["output"].to_list() == ["Blue"]
