@@ -4,6 +4,7 @@ reason, not cached, and the next run asks only for them; the options and capabil
 from __future__ import annotations
 
 import json
+import threading
 
 import polars as pl
 import pytest
@@ -119,12 +120,16 @@ score = {{ plugin = "llm-judge", model = "{model}", mode = "{mode}", max_new_tok
 def test_llm_judge_on_a_server_parses_answers_and_leaves_failed_rows_for_the_next_run(tmp_path, tiny_models):
     rows = [{"instruction": "word " * (i + 1), "input": "", "output": "a b c"} for i in range(4)]
     (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    calls: dict[int, int] = {}
+    failed: list[int] = []
+    lock = threading.Lock()
 
     def answer(path, headers, body):
         n = len(json.loads(body)["prompt"])  # dqf's tokens: the judge prompt rendered with the model's template
-        calls[n] = calls.get(n, 0) + 1
-        if n == min(calls) and calls[n] == 1:  # the shortest prompt fails once
+        with lock:  # requests run concurrently: exactly the first one to arrive fails, once
+            fail = not failed
+            if fail:
+                failed.append(n)
+        if fail:
             return response(500, {"error": "overloaded"})
         return response(200, {"choices": [{"text": "4\nAccurate.", "index": 0}]})
 
