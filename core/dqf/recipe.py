@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
-from dqf.errors import DqfError, PluginError, RecipeError
+from dqf.errors import DataError, DqfError, PluginError, RecipeError
 from dqf.io.readers import inside_input
 from dqf.registry import KINDS, step_kind
 from dqf.where import WhereError, parse_where
@@ -26,7 +26,10 @@ class _Strict(BaseModel):
 
 
 class InputConfig(_Strict):
-    path: str
+    path: Optional[str] = None
+    #: A LLaMA-Factory registry (data/dataset_info.json) and the entry to read: sets path, format and fields.
+    dataset_info: Optional[str] = None
+    name: Optional[str] = None
     format: Literal["auto", "alpaca", "sharegpt", "messages"] = "auto"
     fields: dict[Literal["instruction", "input", "output", "conversations", "messages"], str] = {}
     on_bad_row: Literal["error", "quarantine"] = "error"
@@ -223,6 +226,7 @@ def load_recipe(path: str | Path, host_factory, *, overrides: dict | None = None
         raise RecipeError(*[f"{label}: {line}" for line in _pydantic_lines(exc)]) from None
 
     errors: list[str] = []
+    _input_source(model.input, path.parent, errors)
     local = [(path.parent / p) for p in model.plugins]
     for i, p in enumerate(local):
         if not p.is_file():
@@ -235,6 +239,36 @@ def load_recipe(path: str | Path, host_factory, *, overrides: dict | None = None
         raise RecipeError(*[f"{label}: plugins: {line}" for line in exc.lines]) from None
     # Plugins resolve relative paths (models, reference files) against the recipe's folder.
     return _validate(path, label, raw, model, host, errors, Workspace(base_dir=path.parent.resolve()))
+
+
+def _input_source(inp: InputConfig, base: Path, errors: list[str]) -> None:
+    """Check that ``[input]`` names its rows one way: ``path``, or ``dataset_info`` + ``name`` (which fill in path,
+    format and fields from the LLaMA-Factory entry; the registry is read because the recipe names it)."""
+    if inp.dataset_info is None:
+        if inp.path is None:
+            errors.append("input.path: required key is missing (or give input.dataset_info and input.name)")
+        elif inp.name is not None:
+            errors.append("input.name: names an entry of input.dataset_info, which is not set")
+        return
+    if inp.path is not None:
+        errors.append("input.path: give input.path or input.dataset_info, not both")
+        return
+    if inp.name is None:
+        errors.append("input.name: required with input.dataset_info (the entry to read)")
+        return
+    if inp.format != "auto" or inp.fields:
+        errors.append(f"input.{'format' if inp.format != 'auto' else 'fields'}: set by the dataset_info entry; "
+                      f"leave it out")
+        return
+    from dqf.io.llamafactory import read_entry
+
+    info = Path(inp.dataset_info).expanduser()
+    try:
+        entry = read_entry(info if info.is_absolute() else base / info, inp.name)
+    except DataError as exc:
+        errors.extend(exc.lines)
+        return
+    inp.path, inp.format, inp.fields = str(entry.path), entry.format, entry.fields
 
 
 def _validate(path, label, raw, model, host, errors, workspace):
