@@ -20,6 +20,7 @@ from dqf.store.atomic import atomic_files, sweep_temporaries
 from dqf.engine.progress import Reporter, Timer
 from dqf.io.readers import derive_column, display_path, inside_input
 from dqf.recipe import Recipe, Step
+from dqf.io.loaders import write_loaders
 from dqf.io.writers import output_file, selected_files, write_jsonl, write_selected
 
 KEPT = "kept"
@@ -357,6 +358,7 @@ class Engine:
             rows.write_parquet(group.path(self.run_dir / "rows.parquet"))
             sel_path = output_file(self.run_dir, out.format)
             notes = write_selected(selected, group.path(sel_path), out.format, inp.fields)
+            notes["load"] = write_loaders(sel_path, out.format, self.recipe.name, group.path)
             for stale in selected_files(self.run_dir):  # another format's selection would misstate this run
                 if stale != sel_path:
                     group.remove(stale)

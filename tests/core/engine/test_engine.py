@@ -329,7 +329,7 @@ def test_no_temporary_files_left(tmp_path, write_recipe, pool, isolated_cache):
     assert leftovers == []
     # the last run's selection only: an earlier format's selected.* would misstate this run
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "manifest.json", "quarantine.jsonl", "rows.parquet", "selected.json"]
+        "axolotl.yaml", "dataset_info.json", "manifest.json", "quarantine.jsonl", "rows.parquet", "selected.json"]
     assert list(isolated_cache.rglob("*.parquet"))  # the cache was written, and with no temporaries
 
 
